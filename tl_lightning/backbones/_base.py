@@ -1,0 +1,332 @@
+"""The backbone adapter contract.
+
+Everything in tl_lightning that decides "which layers" (unfreezing, layer-wise LR decay, BN
+handling, L2-SP, LoRA targets) talks to :class:`Backbone` and never to a model family
+directly. An adapter wraps one pretrained network and exposes:
+
+* ``feature_dim``: the size of :meth:`Backbone.forward_features` output;
+* ``preprocess``: what the inputs must look like (:class:`ImagePreprocess` or
+  :class:`TextPreprocess`), so data modules build matching transforms / tokenization;
+* :meth:`Backbone.layer_groups`: named groups ordered input -> output, disjoint, together
+  covering every parameter of the backbone (checked by :func:`check_layer_groups` when the
+  adapter is built);
+* :meth:`Backbone.forward_features`: ``(batch, feature_dim)`` features for a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from tl_lightning.errors import LayerGroupError
+
+__all__ = [
+    "Backbone",
+    "LayerGroup",
+    "ImagePreprocess",
+    "TextPreprocess",
+    "PreprocessConfig",
+    "check_layer_groups",
+    "layer_groups_from_prefixes",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class LayerGroup:
+    """A named, contiguous slice of a network that is frozen, unfrozen and scheduled as a unit.
+
+    Attributes:
+        name: Unique name (``"stem"``, ``"layer3"``, ``"encoder.layer.5"``). Optimizer param
+            groups and log keys are named after it.
+        params: ``(qualified name, parameter)`` pairs, names relative to the module the groups
+            were built from.
+        modules: Submodules whose parameters all belong to this group. Used for module-level
+            behaviour (BatchNorm eval mode of frozen groups); may be empty for groups made of
+            bare parameters such as a ViT's ``cls_token``.
+    """
+
+    name: str
+    params: tuple[tuple[str, nn.Parameter], ...]
+    modules: tuple[tuple[str, nn.Module], ...] = ()
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """Iterate over the group's parameters."""
+        for _, p in self.params:
+            yield p
+
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Iterate over ``(name, parameter)`` pairs."""
+        yield from self.params
+
+    @property
+    def num_params(self) -> int:
+        """Number of scalar parameters in the group."""
+        return sum(p.numel() for _, p in self.params)
+
+    def __repr__(self) -> str:
+        return f"LayerGroup(name={self.name!r}, tensors={len(self.params)}, numel={self.num_params})"
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """How images must be prepared for an image backbone.
+
+    Attributes:
+        input_size: ``(channels, height, width)`` the network was trained at.
+        mean: Per-channel normalization mean (on 0-1 scaled pixels).
+        std: Per-channel normalization std.
+        interpolation: Resize interpolation, ``"bilinear"``, ``"bicubic"`` or ``"nearest"``.
+        crop_pct: Eval-time center-crop fraction (resize to ``size / crop_pct`` then crop).
+    """
+
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    crop_pct: float = 0.875
+    modality: Literal["image"] = field(default="image", init=False)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(height, width)``."""
+        return (self.input_size[1], self.input_size[2])
+
+    def with_size(self, size: int | tuple[int, int]) -> ImagePreprocess:
+        """Return a copy for another input resolution (e.g. 32-64 px in tests or fast runs)."""
+        h, w = (size, size) if isinstance(size, int) else size
+        return ImagePreprocess(
+            input_size=(self.input_size[0], h, w),
+            mean=self.mean,
+            std=self.std,
+            interpolation=self.interpolation,
+            crop_pct=self.crop_pct,
+        )
+
+    def eval_transform(self) -> Any:
+        """torchvision transform for validation / test / predict: resize, center-crop, normalize."""
+        from tl_lightning.data._transforms import image_eval_transform
+
+        return image_eval_transform(self)
+
+    def train_transform(self, augment: bool = True) -> Any:
+        """torchvision transform for training: random resized crop and flip when ``augment``."""
+        from tl_lightning.data._transforms import image_train_transform
+
+        return image_train_transform(self, augment=augment)
+
+
+@dataclass(frozen=True)
+class TextPreprocess:
+    """How texts must be prepared for a text backbone.
+
+    Attributes:
+        tokenizer: A Hugging Face tokenizer (callable on a list of strings).
+        max_length: Truncation / padding length in tokens.
+    """
+
+    tokenizer: Any
+    max_length: int = 128
+    modality: Literal["text"] = field(default="text", init=False)
+
+    def with_max_length(self, max_length: int) -> TextPreprocess:
+        """Return a copy with another ``max_length``."""
+        return TextPreprocess(tokenizer=self.tokenizer, max_length=max_length)
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        """Tokenize ``texts`` to a batch of tensors (``input_ids``, ``attention_mask``, ...)."""
+        return dict(
+            self.tokenizer(
+                list(texts),
+                max_length=self.max_length,
+                truncation=True,
+                padding=True,
+                return_tensors="pt",
+            )
+        )
+
+
+PreprocessConfig = ImagePreprocess | TextPreprocess
+
+
+class Backbone(nn.Module):
+    """Base class of backbone adapters: a pretrained trunk with no task head.
+
+    Subclasses set ``feature_dim`` and ``preprocess`` in ``__init__``, implement
+    :meth:`forward_features` and :meth:`_build_layer_groups`, and call
+    :meth:`_finalize` at the end of ``__init__`` so the contract is checked at build time.
+
+    Attributes:
+        name: The registry name the backbone was created from (``"timm:resnet50"``).
+        feature_dim: Size of the last dimension of :meth:`forward_features` output.
+        preprocess: Input preparation the weights expect.
+        pretrained_source: Where the weights came from (``None`` for random init).
+    """
+
+    name: str = ""
+    feature_dim: int
+    preprocess: PreprocessConfig
+    pretrained_source: str | None = None
+
+    def layer_groups(self) -> list[LayerGroup]:
+        """Named layer groups, ordered input -> output, disjoint, covering every parameter.
+
+        The list is built once and cached; parameters are matched by identity, so groups stay
+        valid when the module moves between devices (``.to()`` keeps Parameter objects).
+        """
+        groups = self.__dict__.get("_layer_groups_cache")
+        if groups is None:
+            groups = self._build_layer_groups()
+            check_layer_groups(self, groups)
+            self.__dict__["_layer_groups_cache"] = groups
+        return groups
+
+    def layer_group_names(self) -> list[str]:
+        """Names of :meth:`layer_groups`, input -> output."""
+        return [g.name for g in self.layer_groups()]
+
+    def _build_layer_groups(self) -> list[LayerGroup]:
+        raise NotImplementedError
+
+    def forward_features(self, x: Any) -> Tensor:
+        """Return pooled features of shape ``(batch, feature_dim)``."""
+        raise NotImplementedError
+
+    def forward(self, x: Any) -> Tensor:
+        return self.forward_features(x)
+
+    def _finalize(self) -> None:
+        """Check the contract right after construction (call at the end of ``__init__``)."""
+        if not isinstance(getattr(self, "feature_dim", None), int) or self.feature_dim <= 0:
+            raise LayerGroupError(
+                f"{type(self).__name__} must set a positive integer feature_dim, got "
+                f"{getattr(self, 'feature_dim', None)!r}"
+            )
+        if not isinstance(getattr(self, "preprocess", None), (ImagePreprocess, TextPreprocess)):
+            raise LayerGroupError(f"{type(self).__name__} must set preprocess to ImagePreprocess or TextPreprocess")
+        self.layer_groups()
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, feature_dim={self.feature_dim}"
+
+
+def check_layer_groups(root: nn.Module, groups: Sequence[LayerGroup]) -> None:
+    """Raise :class:`LayerGroupError` unless ``groups`` are named, unique, disjoint and cover ``root``.
+
+    Args:
+        root: The module whose parameters the groups must partition.
+        groups: Candidate layer groups.
+    """
+    if not groups:
+        raise LayerGroupError(f"{type(root).__name__} produced no layer groups")
+    names = [g.name for g in groups]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise LayerGroupError(f"duplicate layer group names {dupes}; names must be unique: {names}")
+    owner: dict[int, str] = {}
+    for g in groups:
+        if not g.name:
+            raise LayerGroupError("layer group with an empty name")
+        if not g.params:
+            raise LayerGroupError(f"layer group {g.name!r} has no parameters")
+        for pname, p in g.params:
+            if id(p) in owner:
+                raise LayerGroupError(
+                    f"parameter {pname!r} is in both layer groups {owner[id(p)]!r} and {g.name!r}; groups must be disjoint"
+                )
+            owner[id(p)] = g.name
+    missing = [n for n, p in root.named_parameters() if id(p) not in owner]
+    if missing:
+        raise LayerGroupError(
+            f"{len(missing)} parameter(s) of {type(root).__name__} are in no layer group, e.g. {missing[:5]}; "
+            "layer groups must cover every parameter"
+        )
+    all_ids = {id(p) for p in root.parameters()}
+    foreign = [f"{g.name}:{n}" for g in groups for n, p in g.params if id(p) not in all_ids]
+    if foreign:
+        raise LayerGroupError(f"layer groups hold parameters that are not in the module: {foreign[:5]}")
+
+
+def layer_groups_from_prefixes(
+    root: nn.Module, spec: Sequence[tuple[str, Sequence[str]]], rest: str | None = None
+) -> list[LayerGroup]:
+    """Build layer groups from parameter-name prefixes.
+
+    Args:
+        root: Module whose ``named_parameters()`` are grouped.
+        spec: ``(group name, [prefixes])`` in input -> output order. A parameter goes to the
+            first group with a prefix that matches at a ``.`` boundary (``"layer1"`` matches
+            ``layer1.0.conv1.weight`` but not ``layer10.weight``).
+        rest: If given, unmatched parameters form a group of this name appended at the end;
+            otherwise unmatched parameters are left out (and :func:`check_layer_groups` will
+            report them).
+
+    Returns:
+        The non-empty groups, in ``spec`` order.
+    """
+
+    def matches(name: str, prefix: str) -> bool:
+        return prefix == "" or name == prefix or name.startswith(prefix + ".")
+
+    buckets: dict[str, list[tuple[str, nn.Parameter]]] = {g: [] for g, _ in spec}
+    leftovers: list[tuple[str, nn.Parameter]] = []
+    for pname, p in root.named_parameters():
+        for gname, prefixes in spec:
+            if any(matches(pname, pre) for pre in prefixes):
+                buckets[gname].append((pname, p))
+                break
+        else:
+            leftovers.append((pname, p))
+    modules = dict(root.named_modules())
+    groups = []
+    for gname, prefixes in spec:
+        if buckets[gname]:
+            mods = tuple((pre, modules[pre]) for pre in prefixes if pre in modules and pre != "")
+            groups.append(LayerGroup(gname, tuple(buckets[gname]), mods))
+    if rest is not None and leftovers:
+        groups.append(LayerGroup(rest, tuple(leftovers), ()))
+    return groups
+
+
+def module_groups_from_param_groups(
+    root: nn.Module, named_groups: Sequence[tuple[str, Sequence[str]]]
+) -> list[LayerGroup]:
+    """Build layer groups from explicit ``(group name, [parameter names])`` lists.
+
+    Modules are attached to a group when every parameter under them belongs to that group.
+    Used by adapters whose grouping comes as parameter-name lists (timm's ``group_parameters``).
+    """
+    params = dict(root.named_parameters())
+    owner = {pn: g for g, pns in named_groups for pn in pns}
+    groups_modules: dict[str, list[tuple[str, nn.Module]]] = {g: [] for g, _ in named_groups}
+    for mname, mod in root.named_modules():
+        if not mname:
+            continue
+        pnames = [f"{mname}.{n}" for n, _ in mod.named_parameters()]
+        if not pnames:
+            continue
+        owners = {owner.get(n) for n in pnames}
+        if len(owners) == 1 and None not in owners:
+            g = owners.pop()
+            # keep only the outermost module wholly inside the group
+            if not any(mname.startswith(m + ".") for m, _ in groups_modules[g]):
+                groups_modules[g].append((mname, mod))
+    return [
+        LayerGroup(g, tuple((pn, params[pn]) for pn in pns), tuple(groups_modules[g]))
+        for g, pns in named_groups
+        if pns
+    ]
+
+
+def count_params(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters (only those with ``requires_grad`` when ``trainable_only``)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")

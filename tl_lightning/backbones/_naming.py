@@ -1,0 +1,39 @@
+"""Readable layer-group names derived from parameter names."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def _common_prefix(names: Sequence[str]) -> str:
+    parts = [n.split(".")[:-1] for n in names]
+    prefix: list[str] = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        prefix.append(level[0])
+    return ".".join(prefix)
+
+
+def group_name_from_params(param_names: Sequence[str], index: int, taken: set[str]) -> str:
+    """Name a group after the modules its parameters live in.
+
+    ``layer1.0.conv1.weight, layer1.1.bn2.bias`` -> ``layer1``; parameters spread over several
+    top-level children -> ``blocks.5+norm``; the first such group -> ``stem``. Names are made
+    unique against ``taken``.
+    """
+    by_child: dict[str, list[str]] = {}
+    for n in param_names:
+        by_child.setdefault(n.split(".")[0], []).append(n)
+    pieces = []
+    for child, names in by_child.items():
+        lcp = _common_prefix(names)
+        pieces.append(lcp or child)
+    name = pieces[0] if len(pieces) == 1 else "+".join(pieces)
+    if index == 0 and len(pieces) > 1:
+        name = "stem"
+    base, k = name, 1
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    return name
