@@ -26,7 +26,7 @@ def _write_tiny_bert(folder: Path, seed: int = 0) -> Path:
     words = ["the", "a", "good", "bad", "movie", "film", "great", "awful", "fun", "boring", "plot", "actor"]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *("##" + c for c in letters), *words]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    tok = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True)
     tok.save_pretrained(folder)
     torch.manual_seed(seed)
     cfg = BertConfig(
