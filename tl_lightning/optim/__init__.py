@@ -7,5 +7,16 @@ from tl_lightning.optim._param_groups import (
     layerwise_lrs,
     layerwise_param_groups,
 )
+from tl_lightning.optim.schedulers import build_scheduler, constant, slanted_triangular, warmup_cosine
 
-__all__ = ["HEAD_GROUP", "NO_DECAY_SUFFIX", "is_no_decay_param", "layerwise_lrs", "layerwise_param_groups"]
+__all__ = [
+    "HEAD_GROUP",
+    "NO_DECAY_SUFFIX",
+    "build_scheduler",
+    "constant",
+    "is_no_decay_param",
+    "layerwise_lrs",
+    "layerwise_param_groups",
+    "slanted_triangular",
+    "warmup_cosine",
+]
