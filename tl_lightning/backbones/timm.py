@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import timm
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from tl_lightning.backbones._base import Backbone, ImagePreprocess, LayerGroup, module_groups_from_param_groups
 from tl_lightning.backbones._naming import group_name_from_params
@@ -20,7 +20,7 @@ from tl_lightning.backbones._registry import register_family
 from tl_lightning.backbones._weights import KeyMap, is_local_weights, load_weights
 from tl_lightning.errors import ConfigurationError, UnknownNameError, WeightsUnavailableError, did_you_mean
 
-__all__ = ["TimmBackbone"]
+__all__ = ["TimmBackbone", "is_timm_model", "timm_param_groups"]
 
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
@@ -92,20 +92,42 @@ class TimmBackbone(Backbone):
         self._finalize()
 
     def _build_layer_groups(self) -> list[LayerGroup]:
-        from timm.models import group_parameters
-
-        matcher = self.model.group_matcher(coarse=self.granularity == "coarse")
-        grouped = group_parameters(self.model, matcher)
-        named: list[tuple[str, list[str]]] = []
-        taken: set[str] = set()
-        for i, pnames in enumerate(grouped.values()):
-            name = group_name_from_params(pnames, i, taken)
-            taken.add(name)
-            named.append((name, [f"model.{n}" for n in pnames]))
-        return module_groups_from_param_groups(self, named)
+        named = timm_param_groups(self.model, self.granularity)
+        return module_groups_from_param_groups(self, [(g, [f"model.{n}" for n in pns]) for g, pns in named])
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.model(x)
+
+
+def is_timm_model(module: nn.Module) -> bool:
+    """True for a model built by timm (it carries timm's ``group_matcher``)."""
+    return callable(getattr(module, "group_matcher", None)) and type(module).__module__.startswith("timm.")
+
+
+def timm_param_groups(
+    model: nn.Module, granularity: Literal["coarse", "fine"] = "coarse"
+) -> list[tuple[str, list[str]]]:
+    """Group a timm model's parameter names with the model's own ``group_matcher``.
+
+    Args:
+        model: A timm model (anything with timm's ``group_matcher``).
+        granularity: ``"coarse"`` groups by stage, ``"fine"`` by block.
+
+    Returns:
+        ``[(group name, [parameter names relative to model]), ...]`` input -> output; names
+        are derived from the modules the parameters live in (``stem``, ``stages.0``, ...).
+    """
+    from timm.models import group_parameters
+
+    matcher = model.group_matcher(coarse=granularity == "coarse")
+    grouped = group_parameters(model, matcher)
+    named: list[tuple[str, list[str]]] = []
+    taken: set[str] = set()
+    for i, pnames in enumerate(grouped.values()):
+        name = group_name_from_params(pnames, i, taken)
+        taken.add(name)
+        named.append((name, list(pnames)))
+    return named
 
 
 def _list_timm() -> list[str]:

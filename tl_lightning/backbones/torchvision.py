@@ -1,0 +1,261 @@
+"""torchvision backbones: ``tv:<arch>`` for any torchvision classification model.
+
+The model comes from ``torchvision.models.get_model(arch, weights=...)``; its last classifier
+layer is replaced by ``nn.Identity`` so the forward pass returns pooled features (anything the
+classifier holds before that layer, such as ConvNeXt's final LayerNorm or MobileNetV3's
+pre-logits Linear, stays and is trained with the trunk). Known families are grouped by stage:
+
+=====================================  ==========================================================
+family                                 layer groups, input -> output
+=====================================  ==========================================================
+resnet, resnext, wide_resnet           ``stem`` (conv1, bn1), ``layer1`` .. ``layer4``
+efficientnet(_v2), mobilenet_v2 / v3    ``stem`` (features.0), ``features.1`` .. ``features.N``
+                                       (the last is the 1x1 head conv), then ``classifier``
+                                       (v3 pre-logits) when it has parameters
+convnext                               ``stem``, ``stage1`` .. ``stage4`` (each with the
+                                       downsampling layer before it), ``norm``
+vit                                    ``stem`` (conv_proj, class_token, pos_embedding),
+                                       ``encoder_layer_N``, ``norm`` (encoder.ln)
+others                                 one group per top-level child; a container holding more
+                                       than half of the parameters (``features``,
+                                       ``trunk_output``) is split into its children
+=====================================  ==========================================================
+
+Preprocessing comes from the weights enum's ``transforms()`` (crop size, resize size ->
+``crop_pct``, mean, std, interpolation).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.models import get_model, get_model_weights, list_models
+
+from tl_lightning.backbones._base import Backbone, ImagePreprocess, LayerGroup, module_groups_from_param_groups
+from tl_lightning.backbones._registry import register_family
+from tl_lightning.backbones._weights import KeyMap, is_local_weights, load_weights
+from tl_lightning.errors import UnknownNameError, WeightsUnavailableError, did_you_mean
+
+__all__ = ["TorchvisionBackbone", "torchvision_param_groups"]
+
+_CLASSIFIER_ATTRS = ("fc", "classifier", "heads", "head")
+_INTERPOLATIONS = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest", "nearest-exact": "nearest"}
+# Models whose training-mode output carries auxiliary logits unless told otherwise.
+_AUX_LOGITS = ("googlenet", "inception_v3")
+
+
+class TorchvisionBackbone(Backbone):
+    """Adapter for any torchvision classification model, classifier removed.
+
+    Args:
+        arch: A name from ``torchvision.models.list_models(module=torchvision.models)``
+            (``"resnet50"``, ``"efficientnet_b0"``, ``"vit_b_16"``, ...).
+        pretrained: Load pretrained weights. Ignored weights are never replaced by random init:
+            when they cannot be had, :class:`~tl_lightning.errors.WeightsUnavailableError`.
+        weights: ``None`` (the enum's ``DEFAULT`` when ``pretrained``), a weights enum member
+            name (``"IMAGENET1K_V2"``), or a local checkpoint file loaded with strict checking
+            (classifier keys may be present or absent). Ignored when ``pretrained=False``.
+        key_map: Regex rules ``[(pattern, replacement or None), ...]`` renaming the keys of a
+            local checkpoint before the strict load.
+        **model_kwargs: Passed to ``torchvision.models.get_model`` (``image_size`` for ViT,
+            ``stochastic_depth_prob``, ...).
+
+    Example:
+        >>> bb = TorchvisionBackbone("resnet18", pretrained=False)
+        >>> bb.feature_dim, bb.layer_group_names()
+        (512, ['stem', 'layer1', 'layer2', 'layer3', 'layer4'])
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        pretrained: bool = True,
+        weights: str | None = None,
+        key_map: KeyMap | None = None,
+        **model_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        known = list_models(module=torchvision.models)
+        if arch not in known:
+            raise UnknownNameError(
+                f"unknown torchvision model {arch!r}{did_you_mean(arch, known)} "
+                "List them with `torchvision.models.list_models(module=torchvision.models)`."
+            )
+        if arch in _AUX_LOGITS:
+            model_kwargs.setdefault("aux_logits", False)
+        local = pretrained and weights is not None and is_local_weights(weights)
+        enum_weights = _resolve_enum(arch, weights) if pretrained and not local else None
+        if enum_weights is not None:
+            self.model = _download(arch, enum_weights, model_kwargs)
+            self.pretrained_source = f"tv:{arch}.{enum_weights.name}"
+        else:
+            self.model = get_model(arch, weights=None, **model_kwargs)
+        path, layer = _final_classifier_layer(self.model)
+        self.feature_dim = int(layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels)
+        self.model.set_submodule(path, nn.Identity())
+        self._removed_classifier = path
+        if local:
+            rules = list(key_map.items()) if isinstance(key_map, Mapping) else list(key_map or [])
+            rules.append((rf"^{re.escape(path)}\.(weight|bias)$", None))
+            load_weights(self.model, weights, key_map=rules, strict=True)
+            self.pretrained_source = str(weights)
+        self.preprocess = _preprocess(arch, enum_weights, model_kwargs.get("image_size"))
+        self._finalize()
+
+    def _build_layer_groups(self) -> list[LayerGroup]:
+        named = torchvision_param_groups(self.model)
+        return module_groups_from_param_groups(self, [(g, [f"model.{n}" for n in pns]) for g, pns in named])
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        out = self.model(x)
+        return out.flatten(1) if out.ndim > 2 else out
+
+
+def torchvision_param_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
+    """Group a torchvision classification model's parameter names by stage.
+
+    Works on the full model (classifier included, as the last group) and on the adapter's
+    classifier-less one. See the module docstring for the grouping of each family.
+
+    Returns:
+        ``[(group name, [parameter names relative to model]), ...]`` input -> output.
+    """
+    from tl_lightning.backbones._auto import param_groups_by_children
+
+    cls = type(model).__name__
+    if cls == "ResNet":
+        spec = [("stem", ["conv1", "bn1"]), *((f"layer{i}", [f"layer{i}"]) for i in range(1, 5)), ("fc", ["fc"])]
+    elif cls in ("EfficientNet", "MobileNetV2", "MobileNetV3"):
+        n = len(model.features)
+        spec = [("stem", ["features.0"]), *((f"features.{i}", [f"features.{i}"]) for i in range(1, n))]
+        spec.append(("classifier", ["classifier"]))
+    elif cls == "ConvNeXt" and len(model.features) == 8:
+        spec = [
+            ("stem", ["features.0"]),
+            ("stage1", ["features.1"]),
+            ("stage2", ["features.2", "features.3"]),
+            ("stage3", ["features.4", "features.5"]),
+            ("stage4", ["features.6", "features.7"]),
+            ("norm", ["classifier.0"]),
+            ("classifier", ["classifier"]),
+        ]
+    elif cls == "VisionTransformer":
+        layers = [f"encoder.layers.{name}" for name, _ in model.encoder.layers.named_children()]
+        spec = [
+            ("stem", ["conv_proj", "class_token", "encoder.pos_embedding"]),
+            *((layer.rsplit(".", 1)[-1], [layer]) for layer in layers),
+            ("norm", ["encoder.ln"]),
+            ("heads", ["heads"]),
+        ]
+    else:
+        return param_groups_by_children(model)
+    return _by_prefixes(model, spec)
+
+
+def _by_prefixes(model: nn.Module, spec: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+    """Assign parameter names to the first matching prefix; leftovers grouped by top-level child."""
+
+    def hit(name: str, prefix: str) -> bool:
+        return name == prefix or name.startswith(prefix + ".")
+
+    buckets: dict[str, list[str]] = {g: [] for g, _ in spec}
+    leftovers: dict[str, list[str]] = {}
+    for pname, _ in model.named_parameters():
+        for gname, prefixes in spec:
+            if any(hit(pname, pre) for pre in prefixes):
+                buckets[gname].append(pname)
+                break
+        else:
+            leftovers.setdefault(pname.split(".")[0], []).append(pname)
+    named = [(g, buckets[g]) for g, _ in spec if buckets[g]]
+    taken = {g for g, _ in named}
+    named.extend((g if g not in taken else f"{g}_rest", pns) for g, pns in leftovers.items())
+    return named
+
+
+def _resolve_enum(arch: str, weights: str | None) -> Any:
+    try:
+        enum = get_model_weights(arch)
+    except (ValueError, KeyError) as err:
+        raise WeightsUnavailableError(
+            f"torchvision model {arch!r} has no pretrained weights. Fix: pass pretrained=False, "
+            "or weights='<local checkpoint file>'."
+        ) from err
+    if weights is None or weights == "DEFAULT":
+        return enum.DEFAULT
+    name = str(weights).split(".")[-1]  # accept "ResNet50_Weights.IMAGENET1K_V2"
+    members = [m.name for m in enum]
+    if name not in members:
+        raise UnknownNameError(
+            f"unknown weights {weights!r} for torchvision model {arch!r}{did_you_mean(name, members)} "
+            f"Choices: {members + ['DEFAULT']}, or a local checkpoint file."
+        )
+    return enum[name]
+
+
+def _download(arch: str, enum_weights: Any, model_kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        return get_model(arch, weights=enum_weights, **model_kwargs)
+    except (OSError, RuntimeError, ValueError) as err:  # URLError is an OSError
+        raise WeightsUnavailableError(
+            f"could not load torchvision weights {arch}.{enum_weights.name} from {enum_weights.url}: "
+            f"{type(err).__name__}: {err}\n"
+            f"Fix: put the file in torch's hub cache ({torch.hub.get_dir()}/checkpoints/), pass "
+            "weights='<local checkpoint file>', or pretrained=False to train from random init on purpose."
+        ) from err
+
+
+def _final_classifier_layer(model: nn.Module) -> tuple[str, nn.Module]:
+    """Path and module of the last Linear (or 1x1 conv, SqueezeNet) of the classifier."""
+    for attr in _CLASSIFIER_ATTRS:
+        head = getattr(model, attr, None)
+        if not isinstance(head, nn.Module):
+            continue
+        if isinstance(head, nn.Linear):
+            return attr, head
+        last = [(f"{attr}.{n}", m) for n, m in head.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and n]
+        if last:
+            return last[-1]
+    raise UnknownNameError(
+        f"cannot find the classifier of torchvision model {type(model).__name__} (looked for "
+        f"{list(_CLASSIFIER_ATTRS)}); use timm or wrap the model in your own Backbone subclass."
+    )
+
+
+def _preprocess(arch: str, enum_weights: Any, image_size: int | None) -> ImagePreprocess:
+    """Preprocess from the weights enum (``DEFAULT``'s when random init), else ImageNet defaults."""
+    if enum_weights is None:
+        try:
+            enum_weights = get_model_weights(arch).DEFAULT
+        except (ValueError, KeyError, AttributeError):
+            enum_weights = None
+    pre = ImagePreprocess()
+    if enum_weights is not None:
+        t = enum_weights.transforms()
+        crop = int(t.crop_size[0])
+        resize = int(t.resize_size[0])
+        interp = _INTERPOLATIONS.get(getattr(t.interpolation, "value", str(t.interpolation)), "bilinear")
+        pre = ImagePreprocess(
+            input_size=(3, crop, crop),
+            mean=tuple(float(m) for m in t.mean),
+            std=tuple(float(s) for s in t.std),
+            interpolation=interp,  # type: ignore[arg-type]
+            crop_pct=crop / resize,
+        )
+    if image_size is not None:
+        pre = pre.with_size(int(image_size))
+    return pre
+
+
+def _list_tv() -> list[str]:
+    return list_models(module=torchvision.models)
+
+
+@register_family("tv", list_names=_list_tv, description="torchvision classification models")
+def _create_tv(arch: str, pretrained: bool = True, weights: str | None = None, **kwargs: Any) -> TorchvisionBackbone:
+    return TorchvisionBackbone(arch, pretrained=pretrained, weights=weights, **kwargs)
