@@ -1,5 +1,6 @@
 """Backbone adapters: pretrained trunks behind one contract (see :class:`Backbone`)."""
 
+from tl_lightning.backbones._auto import layer_groups_for_module, layer_groups_from_patterns
 from tl_lightning.backbones._base import (
     Backbone,
     ImagePreprocess,
@@ -27,6 +28,8 @@ __all__ = [
     "TextPreprocess",
     "check_layer_groups",
     "create_backbone",
+    "layer_groups_for_module",
+    "layer_groups_from_patterns",
     "layer_groups_from_prefixes",
     "list_backbones",
     "list_families",
