@@ -1,8 +1,23 @@
 """tl_lightning: PyTorch Lightning building blocks for transfer learning."""
 
 from tl_lightning.backbones import Backbone, LayerGroup, create_backbone, list_backbones
+from tl_lightning.data import ImageFolderDataModule
 from tl_lightning.errors import TLError
+from tl_lightning.heads import LinearHead, MLPHead, create_head
+from tl_lightning.modules import TransferClassifier
 
 __version__ = "0.1.0"
 
-__all__ = ["Backbone", "LayerGroup", "TLError", "create_backbone", "list_backbones", "__version__"]
+__all__ = [
+    "Backbone",
+    "ImageFolderDataModule",
+    "LayerGroup",
+    "LinearHead",
+    "MLPHead",
+    "TLError",
+    "TransferClassifier",
+    "create_backbone",
+    "create_head",
+    "list_backbones",
+    "__version__",
+]

@@ -1,0 +1,313 @@
+"""TransferClassifier: a pretrained backbone plus a new head, trained with layer-wise LRs."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+import torchmetrics
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from typing_extensions import override
+
+from tl_lightning.backbones import Backbone, LayerGroup, create_backbone
+from tl_lightning.errors import ConfigurationError
+from tl_lightning.heads import create_head
+from tl_lightning.optim import layerwise_param_groups
+from tl_lightning.optim.schedulers import build_scheduler
+
+__all__ = ["TransferClassifier"]
+
+_TASKS = ("multiclass", "multilabel")
+_INTERVALS = ("step", "epoch")
+# Keys this module writes into Lightning checkpoints next to the state dict.
+CHECKPOINT_KEY = "tl_lightning"
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers (what Hydra passes for nested config) -> plain Python, for YAML and weights-only loads."""
+    try:
+        from omegaconf import Container, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        return value
+    if isinstance(value, Container):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _resolve_labels(num_classes: int | None, labels: Sequence[str] | None) -> list[str]:
+    if labels is not None:
+        if isinstance(labels, str):
+            raise ConfigurationError(f"labels must be a list of class names, got the string {labels!r}")
+        names = [str(label) for label in labels]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigurationError(f"labels must be unique, got duplicates {dupes} in {names}")
+        if num_classes is not None and num_classes != len(names):
+            raise ConfigurationError(
+                f"num_classes={num_classes} does not match the {len(names)} labels {names}; "
+                "pass only labels (num_classes is inferred from them) or make them agree"
+            )
+        if not names:
+            raise ConfigurationError("labels is empty; a classifier needs at least one class")
+        return names
+    if num_classes is None:
+        raise ConfigurationError(
+            "give num_classes or labels (class names; e.g. labels=datamodule.labels) to TransferClassifier"
+        )
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes <= 0:
+        raise ConfigurationError(f"num_classes must be a positive int, got {num_classes!r}")
+    return [str(i) for i in range(num_classes)]
+
+
+class TransferClassifier(LightningModule):
+    """A pretrained backbone with a new classification head, ready for any fine-tuning recipe.
+
+    The optimizer holds one named param group per backbone layer group (plus ``head``) from the
+    first step, frozen groups included, so unfreezing callbacks never add groups and every
+    scheduler keeps working. Group ``i`` of ``L`` trains at ``lr * layer_decay ** (L - 1 - i)``.
+
+    Args:
+        backbone: Registry name (``"timm:resnet50"``, ``"tv:resnet50"``, ``"hf:<folder>"``).
+        num_classes: Number of classes; inferred from ``labels`` when omitted.
+        labels: Class names in class-index order (kept with the model and its checkpoints).
+        task: ``"multiclass"`` (softmax, cross-entropy) or ``"multilabel"`` (sigmoid, BCE;
+            targets are ``(batch, num_classes)`` 0/1 tensors).
+        pretrained: Load pretrained backbone weights (an error if they cannot be had).
+        weights: Where the weights come from (hub tag, enum name or local file/folder).
+        backbone_kwargs: Extra arguments for :func:`~tl_lightning.backbones.create_backbone`
+            (``key_map``, ``pooling``, ``granularity``, model kwargs).
+        head: ``"linear"`` or ``"mlp"``.
+        head_hidden: Hidden sizes of the MLP head.
+        head_dropout: Dropout in the head.
+        lr: LR of the top backbone layer group.
+        head_lr: LR of the head (default ``lr``).
+        layer_decay: Layer-wise LR decay in (0, 1]; 1.0 gives every group ``lr``.
+        weight_decay: Weight decay, not applied to biases, norms, embeddings and tokens.
+        label_smoothing: Label smoothing of the loss.
+        optimizer: A partial called with the param groups (``functools.partial(torch.optim.SGD,
+            momentum=0.9)`` or Hydra ``_partial_: true``); default AdamW.
+        scheduler: A partial called with the optimizer, through
+            :func:`~tl_lightning.optim.build_scheduler` (``total_steps`` filled in).
+        scheduler_interval: Step the scheduler every ``"step"`` or ``"epoch"``.
+        scheduler_monitor: Metric monitored by ``ReduceLROnPlateau``.
+
+    Example:
+        >>> import torch
+        >>> model = TransferClassifier("timm:test_resnet", labels=["cat", "dog"], pretrained=False)
+        >>> model(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 2])
+        >>> [g["name"] for g in model.configure_optimizers()["optimizer"].param_groups][-2:]
+        ['head', 'head/no_decay']
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int | None = None,
+        labels: Sequence[str] | None = None,
+        task: Literal["multiclass", "multilabel"] = "multiclass",
+        pretrained: bool = True,
+        weights: str | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+        head: Literal["linear", "mlp"] = "linear",
+        head_hidden: Sequence[int] = (),
+        head_dropout: float = 0.0,
+        lr: float = 1e-3,
+        head_lr: float | None = None,
+        layer_decay: float = 1.0,
+        weight_decay: float = 0.01,
+        label_smoothing: float = 0.0,
+        optimizer: Callable[..., Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_interval: Literal["step", "epoch"] = "step",
+        scheduler_monitor: str = "val/loss",
+    ) -> None:
+        super().__init__()
+        labels = _plain(labels)
+        backbone_kwargs = dict(_plain(backbone_kwargs) or {})
+        head_hidden = tuple(_plain(head_hidden) or ())
+        if task not in _TASKS:
+            raise ConfigurationError(f"task must be one of {list(_TASKS)}, got {task!r}")
+        if scheduler_interval not in _INTERVALS:
+            raise ConfigurationError(f"scheduler_interval must be one of {list(_INTERVALS)}, got {scheduler_interval!r}")
+        if lr <= 0:
+            raise ConfigurationError(f"lr must be > 0, got {lr!r}")
+        if not 0.0 < layer_decay <= 1.0:
+            raise ConfigurationError(f"layer_decay must be in (0, 1] (1.0 disables it), got {layer_decay!r}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigurationError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        for name, fn in (("optimizer", optimizer), ("scheduler", scheduler)):
+            if fn is not None and not callable(fn):
+                raise ConfigurationError(
+                    f"{name} must be a callable (functools.partial or Hydra `_partial_: true`), got {fn!r}"
+                )
+        resolved = _resolve_labels(num_classes, labels)
+        if task == "multiclass" and len(resolved) < 2:
+            raise ConfigurationError(
+                f"a multiclass classifier needs at least 2 classes, got {resolved}; "
+                "for one yes/no label use task='multilabel'"
+            )
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        # Stored resolved and plain: the label names travel with every checkpoint.
+        self.hparams.update(
+            labels=resolved, num_classes=len(resolved), backbone_kwargs=backbone_kwargs, head_hidden=list(head_hidden)
+        )
+        self.labels: list[str] = resolved
+        self.num_classes = len(resolved)
+        self.task = task
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+
+        self.backbone: Backbone = create_backbone(backbone, pretrained=pretrained, weights=weights, **backbone_kwargs)
+        self.head = create_head(head, self.backbone.feature_dim, self.num_classes, hidden=head_hidden, dropout=head_dropout)
+        if task == "multiclass":
+            self.loss_fn: nn.Module = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        else:
+            self.loss_fn = nn.BCEWithLogitsLoss()
+        self.metrics = nn.ModuleDict({f"{split}_{name}": self._metric(name) for split in ("train", "val", "test") for name in ("acc", "f1")})
+
+    def _metric(self, name: str) -> torchmetrics.Metric:
+        if self.task == "multiclass":
+            if name == "acc":
+                return torchmetrics.classification.MulticlassAccuracy(num_classes=self.num_classes, average="micro")
+            return torchmetrics.classification.MulticlassF1Score(num_classes=self.num_classes, average="macro")
+        if name == "acc":
+            return torchmetrics.classification.MultilabelAccuracy(num_labels=self.num_classes)
+        return torchmetrics.classification.MultilabelF1Score(num_labels=self.num_classes, average="macro")
+
+    def layer_groups(self) -> list[LayerGroup]:
+        """The backbone's layer groups, input -> output (what unfreezing / LR callbacks act on)."""
+        return self.backbone.layer_groups()
+
+    @override
+    def forward(self, x: Tensor | Mapping[str, Tensor]) -> Tensor:
+        """Logits ``(batch, num_classes)`` for an image tensor or a dict of tokenized tensors."""
+        return self.head(self.backbone(x))
+
+    def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        if self.task == "multiclass":
+            return self.loss_fn(logits, y)
+        target = y.float()
+        smoothing = self.hparams.label_smoothing
+        if smoothing:
+            target = target * (1.0 - smoothing) + 0.5 * smoothing
+        return self.loss_fn(logits, target)
+
+    def _shared_step(self, batch: Any, split: str) -> Tensor:
+        x, y = _unpack(batch, split)
+        logits = self(x)
+        loss = self._loss(logits, y)
+        preds = logits.softmax(-1) if self.task == "multiclass" else logits.sigmoid()
+        target = y if self.task == "multiclass" else y.long()
+        acc, f1 = self.metrics[f"{split}_acc"], self.metrics[f"{split}_f1"]
+        acc(preds, target)
+        f1(preds, target)
+        batch_size = y.shape[0]
+        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.log(f"{split}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.log(f"{split}/f1", f1, on_step=False, on_epoch=True, batch_size=batch_size)
+        return loss
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    @override
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "val")
+
+    @override
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "test")
+
+    @override
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Class probabilities ``(batch, num_classes)`` (softmax, or sigmoid for multilabel)."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        logits = self(x)
+        return logits.softmax(-1) if self.task == "multiclass" else logits.sigmoid()
+
+    def param_groups(self) -> list[dict]:
+        """Optimizer param groups: one named group per layer group (split by weight decay) plus the head."""
+        hp = self.hparams
+        return layerwise_param_groups(
+            self.backbone.layer_groups(),
+            base_lr=hp.lr,
+            decay=hp.layer_decay,
+            head=self.head,
+            head_lr=hp.head_lr,
+            weight_decay=hp.weight_decay,
+        )
+
+    @override
+    def configure_optimizers(self) -> dict[str, Any]:
+        factory = self.optimizer_factory or functools.partial(torch.optim.AdamW)
+        optimizer = factory(self.param_groups())
+        if not isinstance(optimizer, Optimizer):
+            raise ConfigurationError(
+                f"the optimizer partial returned {type(optimizer).__name__}, not a torch.optim.Optimizer: {factory!r}"
+            )
+        config: dict[str, Any] = {"optimizer": optimizer}
+        if self.scheduler_factory is None:
+            return config
+        interval = self.hparams.scheduler_interval
+        scheduler = build_scheduler(self.scheduler_factory, optimizer, self._total_scheduler_steps(interval))
+        sched_cfg: dict[str, Any] = {"scheduler": scheduler, "interval": interval, "frequency": 1}
+        if isinstance(scheduler, ReduceLROnPlateau):
+            sched_cfg["monitor"] = self.hparams.scheduler_monitor
+        config["lr_scheduler"] = sched_cfg
+        return config
+
+    def _total_scheduler_steps(self, interval: str) -> int | None:
+        trainer = self._trainer
+        if trainer is None:
+            return None
+        if interval == "epoch":
+            epochs = trainer.max_epochs
+            return int(epochs) if epochs is not None and epochs > 0 else None
+        steps = trainer.estimated_stepping_batches
+        return int(steps) if math.isfinite(steps) else None
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The state dict below already holds the trained weights: loading must not fetch
+        # pretrained ones again (no network, moved or deleted weight files).
+        hparams = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
+        if isinstance(hparams, dict):
+            hparams = dict(hparams)
+            hparams["pretrained"] = False
+            hparams["weights"] = None
+            checkpoint[self.CHECKPOINT_HYPER_PARAMS_KEY] = hparams
+        checkpoint[CHECKPOINT_KEY] = {
+            "labels": list(self.labels),
+            "task": self.task,
+            "backbone": self.hparams.backbone,
+            "pretrained_source": self.backbone.pretrained_source,
+            "optimizer": repr(self.optimizer_factory) if self.optimizer_factory is not None else None,
+            "scheduler": repr(self.scheduler_factory) if self.scheduler_factory is not None else None,
+        }
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(CHECKPOINT_KEY, {})
+        labels = saved.get("labels")
+        if labels is not None and list(labels) != self.labels:
+            raise ConfigurationError(
+                f"checkpoint was trained with labels {list(labels)} but this model has {self.labels}; "
+                "build the model with the checkpoint's labels (TransferClassifier.load_from_checkpoint does)"
+            )
+
+
+def _unpack(batch: Any, split: str) -> tuple[Any, Tensor]:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise ConfigurationError(
+        f"{split} batches must be (inputs, targets) pairs, got {type(batch).__name__}"
+        + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+    )
