@@ -2,5 +2,13 @@
 
 from tl_lightning.data._transforms import image_eval_transform, image_train_transform
 from tl_lightning.data.image_folder import IMAGE_EXTENSIONS, ImageFolderDataModule
+from tl_lightning.data.text import TextClassificationDataModule, read_table
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataModule", "image_eval_transform", "image_train_transform"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageFolderDataModule",
+    "TextClassificationDataModule",
+    "image_eval_transform",
+    "image_train_transform",
+    "read_table",
+]

@@ -170,7 +170,12 @@ class TransferClassifier(LightningModule):
             self.loss_fn: nn.Module = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         else:
             self.loss_fn = nn.BCEWithLogitsLoss()
-        self.metrics = nn.ModuleDict({f"{split}_{name}": self._metric(name) for split in ("train", "val", "test") for name in ("acc", "f1")})
+        self.metrics = nn.ModuleDict(
+            {f"{split}_{name}": self._metric(name) for split in ("train", "val", "test") for name in ("acc", "f1")}
+        )
+        # Some loaders (transformers' from_pretrained) return modules in eval mode, and Lightning
+        # keeps submodule modes: start in train mode so dropout is active while training.
+        self.train()
 
     def _metric(self, name: str) -> torchmetrics.Metric:
         if self.task == "multiclass":

@@ -1,0 +1,303 @@
+"""TextClassificationDataModule: CSV / TSV / JSONL files, tokenized with the backbone's tokenizer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from typing_extensions import override
+
+from tl_lightning.backbones._base import TextPreprocess
+from tl_lightning.data._base import ClassificationDataModule, _plain_list, stratified_split
+from tl_lightning.errors import ConfigurationError, DataError
+
+__all__ = ["TextClassificationDataModule", "read_table"]
+
+log = logging.getLogger("tl_lightning.data")
+
+_COMPRESSION = (".bz2", ".gz", ".xz", ".zip", ".zst")
+_FORMATS = (".csv", ".tsv", ".jsonl", ".json")
+
+
+def read_table(path: str | Path) -> Any:
+    """Read a CSV, TSV or JSON-lines file (optionally ``.bz2`` / ``.gz`` / ``.xz`` / ``.zip`` compressed).
+
+    Returns:
+        A ``pandas.DataFrame``.
+
+    Raises:
+        DataError: The file is missing, has an unsupported extension, or cannot be parsed.
+    """
+    import pandas as pd
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"data file {str(p)!r} does not exist. Fix: check the path (relative paths start at {Path.cwd()})")
+    suffixes = [s.lower() for s in p.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSION:
+        suffixes = suffixes[:-1]
+    fmt = suffixes[-1] if suffixes else ""
+    try:
+        if fmt == ".csv":
+            return pd.read_csv(p)
+        if fmt == ".tsv":
+            return pd.read_csv(p, sep="\t")
+        if fmt in (".jsonl", ".json"):
+            return pd.read_json(p, lines=True)
+    except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError, EOFError) as err:
+        raise DataError(f"cannot parse data file {str(p)!r} as {fmt[1:].upper()}: {type(err).__name__}: {err}") from err
+    raise DataError(
+        f"unsupported data file {str(p)!r}: extension {fmt or '(none)'!r}; supported: {list(_FORMATS)}, "
+        f"optionally compressed with {list(_COMPRESSION)}"
+    )
+
+
+class _TextDataset(Dataset):
+    """``(text, target)`` pairs (just texts for predict)."""
+
+    def __init__(self, texts: Sequence[str], targets: Sequence[int] | None) -> None:
+        self.texts = list(texts)
+        self.targets = None if targets is None else list(targets)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index: int) -> Any:
+        if self.targets is None:
+            return self.texts[index]
+        return self.texts[index], self.targets[index]
+
+
+class _TokenizeCollate:
+    """Tokenize a batch with dynamic padding (to the longest text, at most ``max_length`` tokens)."""
+
+    def __init__(self, preprocess: TextPreprocess) -> None:
+        self.preprocess = preprocess
+
+    def __call__(self, batch: list[Any]) -> Any:
+        if batch and isinstance(batch[0], tuple):
+            texts, targets = zip(*batch)
+            return self.preprocess(list(texts)), torch.tensor(targets, dtype=torch.long)
+        return self.preprocess(list(batch))
+
+
+class TextClassificationDataModule(ClassificationDataModule):
+    """Texts with one label each from CSV, TSV or JSONL files, tokenized by the backbone's tokenizer.
+
+    Give either ``path`` (one file split into train / val / test with a seeded, stratified
+    split) or ``train_path`` with optional ``val_path`` / ``test_path`` (a missing one is split
+    off the training file by ``val_fraction`` / ``test_fraction``). ``predict_path`` is a file
+    with a text column (labels not needed); its row ids are in :attr:`predict_ids`.
+
+    Batches are ``(tokens, targets)`` where ``tokens`` is a dict of tensors (``input_ids``,
+    ``attention_mask``, ...) padded to the longest text of the batch.
+
+    Args:
+        path: One file with every labelled row.
+        train_path: Training file.
+        val_path: Validation file.
+        test_path: Test file.
+        predict_path: File to predict on.
+        text_column: Column with the texts.
+        label_column: Column with the labels (read as strings).
+        keep_labels: Keep only rows with these labels (e.g. ``["fresh", "rotten"]``).
+        max_train_samples: Seeded random subsample of the training split.
+        max_length: Override the preprocess' ``max_length`` (tokens).
+        id_column: Column used for :attr:`predict_ids` (default: row numbers).
+        batch_size: Batch size of every loader.
+        num_workers: DataLoader workers.
+        seed: Seed of the splits and the subsample.
+        val_fraction: Fraction of each class held out for validation when there is no ``val_path``.
+        test_fraction: Fraction of each class held out for testing when there is no ``test_path``.
+        model_labels: Labels the model knows, in class-index order; other labels are an error.
+        pin_memory: DataLoader ``pin_memory``.
+
+    Example:
+        >>> from tl_lightning.assets import rotten_tomatoes_path  # doctest: +SKIP
+        >>> dm = TextClassificationDataModule(rotten_tomatoes_path(), text_column="text",
+        ...     label_column="category", keep_labels=["fresh", "rotten"])  # doctest: +SKIP
+        >>> dm.labels  # doctest: +SKIP
+        ['fresh', 'rotten']
+    """
+
+    modality = "text"
+
+    def __init__(
+        self,
+        path: str | None = None,
+        train_path: str | None = None,
+        val_path: str | None = None,
+        test_path: str | None = None,
+        predict_path: str | None = None,
+        text_column: str = "text",
+        label_column: str = "label",
+        keep_labels: Sequence[str] | None = None,
+        max_train_samples: int | None = None,
+        max_length: int | None = None,
+        id_column: str | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        model_labels: Sequence[str] | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            seed=seed,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            model_labels=model_labels,
+            pin_memory=pin_memory,
+        )
+        if path is not None and train_path is not None:
+            raise ConfigurationError(f"give path ({path!r}, split by fractions) or train_path ({train_path!r}), not both")
+        if path is None and train_path is None and (val_path is not None or test_path is not None):
+            raise ConfigurationError("val_path / test_path need train_path (or use path and fractions)")
+        if max_train_samples is not None and (not isinstance(max_train_samples, int) or max_train_samples <= 0):
+            raise ConfigurationError(f"max_train_samples must be a positive int or None, got {max_train_samples!r}")
+        if max_length is not None and (not isinstance(max_length, int) or max_length <= 0):
+            raise ConfigurationError(f"max_length must be a positive int or None, got {max_length!r}")
+        self.path = None if path is None else str(path)
+        self.train_path = None if train_path is None else str(train_path)
+        self.val_path = None if val_path is None else str(val_path)
+        self.test_path = None if test_path is None else str(test_path)
+        self.predict_path = None if predict_path is None else str(predict_path)
+        self.text_column = text_column
+        self.label_column = label_column
+        self.keep_labels = _plain_list(keep_labels)
+        self.max_train_samples = max_train_samples
+        self.max_length = max_length
+        self.id_column = id_column
+        self._tables: dict[str, tuple[list[str], list[str]]] | None = None
+        self.save_hyperparameters(logger=False)
+
+    # -- reading ---------------------------------------------------------------------------
+    def _columns(self, df: Any, path: str, need_labels: bool) -> None:
+        needed = [self.text_column] + ([self.label_column] if need_labels else [])
+        missing = [c for c in needed if c not in df.columns]
+        if missing:
+            raise DataError(
+                f"column(s) {missing} not in {path!r}; columns present: {list(map(str, df.columns))}. "
+                "Fix: set text_column / label_column"
+            )
+
+    def _read_labelled(self, path: str) -> tuple[list[str], list[str]]:
+        df = read_table(path)
+        self._columns(df, path, need_labels=True)
+        bad_text = df.index[df[self.text_column].isna()].tolist()
+        bad_label = df.index[df[self.label_column].isna()].tolist()
+        if bad_text or bad_label:
+            raise DataError(
+                f"{path!r}: missing values in rows (0-based) text {bad_text[:10]} / label {bad_label[:10]} "
+                f"({len(bad_text)} empty texts, {len(bad_label)} empty labels). Fix: drop or fill those rows"
+            )
+        texts = df[self.text_column].astype(str).tolist()
+        labels = [_label_str(v) for v in df[self.label_column].tolist()]
+        if self.keep_labels is not None:
+            present = set(labels)
+            absent = [k for k in self.keep_labels if k not in present]
+            if absent:
+                raise DataError(
+                    f"keep_labels {absent} not found in {path!r} (labels present: {sorted(present)}); fix keep_labels"
+                )
+            keep = set(self.keep_labels)
+            rows = [i for i, label in enumerate(labels) if label in keep]
+            texts, labels = [texts[i] for i in rows], [labels[i] for i in rows]
+        if not texts:
+            raise DataError(f"{path!r} has no rows to use")
+        return texts, labels
+
+    def _labelled_tables(self) -> dict[str, tuple[list[str], list[str]]]:
+        if self._tables is None:
+            sources = {"all": self.path, "train": self.train_path, "val": self.val_path, "test": self.test_path}
+            self._tables = {k: self._read_labelled(v) for k, v in sources.items() if v is not None}
+        return self._tables
+
+    @override
+    def _data_labels(self) -> list[str]:
+        tables = self._labelled_tables()
+        if not tables:
+            raise DataError(
+                "TextClassificationDataModule has no labelled data: give path=... or train_path=... "
+                "(predict_path alone has no labels; pass model_labels=model.labels to predict)"
+            )
+        return [label for _, labels in tables.values() for label in labels]
+
+    @property
+    @override
+    def labels(self) -> list[str]:
+        if self.model_labels is not None and self.path is None and self.train_path is None:
+            return list(self.model_labels)  # predict-only
+        return super().labels
+
+    def _effective_preprocess(self) -> TextPreprocess:
+        p = cast(TextPreprocess, self._require_preprocess())  # set_preprocess checked the type
+        return p.with_max_length(self.max_length) if self.max_length is not None else p
+
+    @override
+    def _build(self, stage: str) -> dict[str, Dataset]:
+        self._require_preprocess()
+        if stage == "predict":
+            if self.predict_path is None:
+                raise DataError("no predict_path given: pass predict_path=<file with a text column> to predict")
+            df = read_table(self.predict_path)
+            self._columns(df, self.predict_path, need_labels=False)
+            if self.id_column is not None and self.id_column not in df.columns:
+                raise DataError(
+                    f"id_column {self.id_column!r} not in {self.predict_path!r}; columns present: {list(map(str, df.columns))}"
+                )
+            empty = df.index[df[self.text_column].isna()].tolist()
+            if empty:
+                raise DataError(f"{self.predict_path!r}: empty texts in rows (0-based) {empty[:10]}")
+            ids = df[self.id_column] if self.id_column is not None else df.index
+            self.predict_ids = [str(i) for i in ids.tolist()]
+            return {"predict": _TextDataset(df[self.text_column].astype(str).tolist(), None)}
+        mapping = self.class_to_idx  # raises on labels the model does not know
+        tables = self._labelled_tables()
+        base_texts, base_labels = tables.get("all") or tables["train"]
+        targets = [mapping[label] for label in base_labels]
+        val_frac = self.val_fraction if "val" not in tables else 0.0
+        test_frac = self.test_fraction if "test" not in tables else 0.0
+        tr, va, te = stratified_split(targets, val_frac, test_frac, self.seed)
+        if self.max_train_samples is not None and self.max_train_samples < len(tr):
+            rng = np.random.default_rng(self.seed)
+            tr = sorted(rng.choice(tr, size=self.max_train_samples, replace=False).tolist())
+
+        def subset(idx: list[int]) -> _TextDataset:
+            return _TextDataset([base_texts[i] for i in idx], [targets[i] for i in idx])
+
+        def table(name: str, idx: list[int]) -> _TextDataset:
+            if name in tables:
+                texts, labels = tables[name]
+                return _TextDataset(texts, [mapping[label] for label in labels])
+            return subset(idx)
+
+        return {"train": subset(tr), "val": table("val", va), "test": table("test", te)}
+
+    @override
+    def _collate(self, split: str) -> _TokenizeCollate:
+        return _TokenizeCollate(self._effective_preprocess())
+
+    @override
+    def _missing_split_message(self, split: str) -> str:
+        if split == "test":
+            return "no test rows: give test_path=... or test_fraction > 0 (with path=... or train_path=...)"
+        if split == "predict":
+            return "no rows to predict: give predict_path=..."
+        return f"no {split} rows"
+
+
+def _label_str(value: Any) -> str:
+    # pandas reads integer label columns with NaNs as floats: 1.0 -> "1"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
