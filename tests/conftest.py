@@ -47,6 +47,31 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
+def _write_tiny_vit(folder: Path, seed: int = 0) -> Path:
+    """Save a 2-layer ViT (hidden 32, 32 px, patch 8) with its image processor as a local HF folder."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    cfg = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+    )
+    ViTModel(cfg, add_pooling_layer=False).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local Hugging Face folder with a tiny random ViT and its image processor (``hf:<folder>``)."""
+    return _write_tiny_vit(tmp_path_factory.mktemp("tiny_vit"))
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
