@@ -172,12 +172,23 @@ class ClassificationDataModule(LightningDataModule):
         return self.preprocess
 
     # -- datasets and loaders --------------------------------------------------------------
+    def _has_labelled_source(self) -> bool:
+        raise NotImplementedError
+
+    def _has_predict_source(self) -> bool:
+        raise NotImplementedError
+
     def _build(self, stage: str) -> dict[str, Dataset]:
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
         self._require_preprocess()
-        stages = ["fit", "validate", "test", "predict"] if stage is None else [stage]
+        if stage is None:
+            stages = (["fit", "test"] if self._has_labelled_source() else []) + (
+                ["predict"] if self._has_predict_source() else []
+            )
+        else:
+            stages = [stage]
         for s in stages:
             needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}[s]
             if all(k in self._datasets for k in needed):

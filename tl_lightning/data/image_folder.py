@@ -183,7 +183,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         self.image_size = image_size
         self.augment = augment
         self.on_bad_image = on_bad_image
-        self.num_skipped = 0
+        self.skipped_files: dict[str, list[str]] = {}
         self._folders: dict[str, dict[str, list[Path]]] | None = None
         self.save_hyperparameters(logger=False)
 
@@ -210,7 +210,7 @@ class ImageFolderDataModule(ClassificationDataModule):
     @property
     @override
     def labels(self) -> list[str]:
-        if self.model_labels is not None and self.root is None and self.train_dir is None:
+        if self.model_labels is not None and not self._has_labelled_source():
             return list(self.model_labels)  # predict-only
         return super().labels
 
@@ -218,7 +218,12 @@ class ImageFolderDataModule(ClassificationDataModule):
         p = cast(ImagePreprocess, self._require_preprocess())  # set_preprocess checked the type
         return p.with_size(self.image_size) if self.image_size is not None else p
 
-    def _drop_unreadable(self, files: list[Path]) -> list[Path]:
+    @property
+    def num_skipped(self) -> int:
+        """Number of unreadable images left out (``on_bad_image="skip"``), over every source read."""
+        return sum(len(v) for v in self.skipped_files.values())
+
+    def _drop_unreadable(self, files: list[Path], source: str) -> list[Path]:
         if self.on_bad_image != "skip":
             return files
         kept, bad = [], []
@@ -229,22 +234,32 @@ class ImageFolderDataModule(ClassificationDataModule):
                 kept.append(f)
             except _READ_ERRORS:
                 bad.append(f)
-        if bad:
-            self.num_skipped += len(bad)
-            log.warning(
-                "on_bad_image='skip': skipped %d unreadable image(s), e.g. %s", len(bad), [str(b) for b in bad[:5]]
-            )
+        self.skipped_files[source] = self.skipped_files.get(source, []) + [str(b) for b in bad]
         return kept
 
-    def _samples(self, classes: dict[str, list[Path]]) -> list[tuple[Path, int]]:
+    def _samples(self, classes: dict[str, list[Path]], source: str) -> list[tuple[Path, int]]:
         mapping = self.class_to_idx
+        self.skipped_files[source] = []
         samples = []
         for name, files in classes.items():
-            kept = self._drop_unreadable(files)
+            kept = self._drop_unreadable(files, source)
             if not kept:
                 raise DataError(f"class folder {str(files[0].parent)!r} has no readable images left after skipping")
             samples.extend((f, mapping[name]) for f in kept)
         return samples
+
+    def _warn_skipped(self, sources: list[str]) -> None:
+        bad = [f for s in sources for f in self.skipped_files.get(s, [])]
+        if bad:
+            log.warning("on_bad_image='skip': skipped %d unreadable image(s), e.g. %s", len(bad), bad[:5])
+
+    @override
+    def _has_labelled_source(self) -> bool:
+        return self.root is not None or self.train_dir is not None
+
+    @override
+    def _has_predict_source(self) -> bool:
+        return self.predict_dir is not None
 
     @override
     def _build(self, stage: str) -> dict[str, Dataset]:
@@ -255,24 +270,27 @@ class ImageFolderDataModule(ClassificationDataModule):
             if self.predict_dir is None:
                 raise DataError("no predict_dir given: pass predict_dir=<folder of images> to predict")
             root = _check_dir(self.predict_dir, "predict folder")
-            files = self._drop_unreadable(sorted(f for f in root.rglob("*") if _is_image(f)))
+            self.skipped_files["predict"] = []
+            files = self._drop_unreadable(sorted(f for f in root.rglob("*") if _is_image(f)), "predict")
+            self._warn_skipped(["predict"])
             if not files:
                 raise DataError(f"predict folder {str(root)!r} holds no images with extensions {list(IMAGE_EXTENSIONS)}")
             self.predict_ids = [str(f.relative_to(root)) for f in files]
             return {"predict": _ImageDataset([(f, None) for f in files], eval_t, skip_bad=False)}
         _ = self.labels  # raises on labels the model does not know
         folders = self._scan()
-        base = folders.get("root") or folders["train"]
-        samples = self._samples(base)
+        base_source = "root" if "root" in folders else "train"
+        samples = self._samples(folders[base_source], base_source)
         targets = [t for _, t in samples]
         val_frac = self.val_fraction if "val" not in folders else 0.0
         test_frac = self.test_fraction if "test" not in folders else 0.0
         tr, va, te = stratified_split(targets, val_frac, test_frac, self.seed)
         splits = {
             "train": [samples[i] for i in tr],
-            "val": self._samples(folders["val"]) if "val" in folders else [samples[i] for i in va],
-            "test": self._samples(folders["test"]) if "test" in folders else [samples[i] for i in te],
+            "val": self._samples(folders["val"], "val") if "val" in folders else [samples[i] for i in va],
+            "test": self._samples(folders["test"], "test") if "test" in folders else [samples[i] for i in te],
         }
+        self._warn_skipped([base_source, "val", "test"])
         return {
             "train": _ImageDataset(splits["train"], train_t, skip),
             "val": _ImageDataset(splits["val"], eval_t, skip),

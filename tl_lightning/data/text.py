@@ -234,13 +234,21 @@ class TextClassificationDataModule(ClassificationDataModule):
     @property
     @override
     def labels(self) -> list[str]:
-        if self.model_labels is not None and self.path is None and self.train_path is None:
+        if self.model_labels is not None and not self._has_labelled_source():
             return list(self.model_labels)  # predict-only
         return super().labels
 
     def _effective_preprocess(self) -> TextPreprocess:
         p = cast(TextPreprocess, self._require_preprocess())  # set_preprocess checked the type
         return p.with_max_length(self.max_length) if self.max_length is not None else p
+
+    @override
+    def _has_labelled_source(self) -> bool:
+        return self.path is not None or self.train_path is not None
+
+    @override
+    def _has_predict_source(self) -> bool:
+        return self.predict_path is not None
 
     @override
     def _build(self, stage: str) -> dict[str, Dataset]:
