@@ -1,0 +1,199 @@
+"""TextClassificationDataModule: file formats, columns, labels, splits, tokenization, predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pandas as pd
+import pytest
+import torch
+
+from tl_lightning import TransferClassifier
+from tl_lightning.backbones import ImagePreprocess, TextPreprocess
+from tl_lightning.data import TextClassificationDataModule
+from tl_lightning.errors import ConfigurationError, DataError
+
+ROWS = [
+    ("a good fun movie", "pos"),
+    ("great film", "pos"),
+    ("an awful boring plot", "neg"),
+    ("bad actor", "neg"),
+    ("the plot of the film", "plot"),
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_pre(tiny_bert_dir: Path) -> TextPreprocess:
+    from transformers import AutoTokenizer
+
+    return TextPreprocess(tokenizer=AutoTokenizer.from_pretrained(str(tiny_bert_dir)), max_length=64)
+
+
+def _csv(path: Path, rows=ROWS, repeat: int = 4, **kwargs) -> Path:
+    df = pd.DataFrame(rows * repeat, columns=["text", "label"])
+    df.to_csv(path, index=False, **kwargs)
+    return path
+
+
+def _dm(pre: TextPreprocess, **kwargs) -> TextClassificationDataModule:
+    dm = TextClassificationDataModule(**{"batch_size": 4, **kwargs})
+    dm.set_preprocess(pre)
+    return dm
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "csv.bz2", "csv.gz"])
+def test_reads_formats(tmp_path: Path, fmt: str) -> None:
+    df = pd.DataFrame(ROWS, columns=["text", "label"])
+    path = tmp_path / f"data.{fmt}"
+    if fmt.startswith("csv"):
+        df.to_csv(path, index=False)
+    elif fmt == "tsv":
+        df.to_csv(path, sep="\t", index=False)
+    else:
+        path.write_text("\n".join(json.dumps(r) for r in df.to_dict("records")))
+    assert TextClassificationDataModule(path=str(path)).labels == ["neg", "plot", "pos"]
+
+
+def test_batches_are_tokenized_with_dynamic_padding(tmp_path: Path, tokenizer_pre: TextPreprocess) -> None:
+    dm = _dm(tokenizer_pre, path=str(_csv(tmp_path / "d.csv")), keep_labels=["pos", "neg"], val_fraction=0.25,
+             test_fraction=0.25)
+    assert dm.labels == ["neg", "pos"]
+    tokens, y = next(iter(dm.val_dataloader()))
+    assert set(tokens) >= {"input_ids", "attention_mask"}
+    longest = int(tokens["attention_mask"].sum(-1).max())
+    assert tokens["input_ids"].shape[1] == longest < 64  # padded to the batch, not to max_length
+    assert y.dtype == torch.long and set(y.tolist()) <= {0, 1}
+    short = _dm(tokenizer_pre, path=str(_csv(tmp_path / "d.csv")), max_length=4)
+    tokens, _ = next(iter(short.train_dataloader()))
+    assert tokens["input_ids"].shape[1] <= 4
+
+
+def test_keep_labels_and_seeded_splits(tmp_path: Path, tokenizer_pre: TextPreprocess) -> None:
+    path = str(_csv(tmp_path / "d.csv", repeat=10))  # 10 rows per label
+    dm = _dm(tokenizer_pre, path=path, keep_labels=["pos", "neg"], val_fraction=0.2, test_fraction=0.1, seed=3)
+    dm.setup("fit")
+    dm.setup("test")
+    assert dm.split_sizes() == {"train": 28, "val": 8, "test": 4}
+    val = dm._datasets["val"]
+    assert sorted(val.targets) == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert all("plot of the" not in t for t in dm._datasets["train"].texts)
+    again = _dm(tokenizer_pre, path=path, keep_labels=["pos", "neg"], val_fraction=0.2, test_fraction=0.1, seed=3)
+    again.setup("fit")
+    assert again._datasets["val"].texts == val.texts and again._datasets["val"].targets == val.targets
+
+
+def test_max_train_samples(tmp_path: Path, tokenizer_pre: TextPreprocess) -> None:
+    path = str(_csv(tmp_path / "d.csv", repeat=10))
+    dm = _dm(tokenizer_pre, path=path, max_train_samples=7, seed=0)
+    dm.setup("fit")
+    assert len(dm._datasets["train"]) == 7
+    dm2 = _dm(tokenizer_pre, path=path, max_train_samples=7, seed=0)
+    dm2.setup("fit")
+    assert dm2._datasets["train"].texts == dm._datasets["train"].texts
+
+
+def test_explicit_files_and_custom_columns(tmp_path: Path, tokenizer_pre: TextPreprocess) -> None:
+    df = pd.DataFrame({"review": ["good", "bad", "fun", "awful"], "stars": [1, 0, 1, 0]})
+    df.to_csv(tmp_path / "train.csv", index=False)
+    df.iloc[:2].to_json(tmp_path / "val.jsonl", orient="records", lines=True)
+    dm = _dm(tokenizer_pre, train_path=str(tmp_path / "train.csv"), val_path=str(tmp_path / "val.jsonl"),
+             text_column="review", label_column="stars", test_fraction=0.0)
+    assert dm.labels == ["0", "1"]
+    dm.setup("fit")
+    assert dm.split_sizes() == {"train": 4, "val": 2, "test": 0}
+    assert dm._datasets["val"].targets == [1, 0]
+
+
+def test_missing_column_lists_columns(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "d.csv")
+    with pytest.raises(DataError, match=r"\['sentiment'\].*columns present: \['text', 'label'\]"):
+        TextClassificationDataModule(path=str(path), label_column="sentiment").labels
+
+
+def test_label_unknown_to_model(tmp_path: Path, tokenizer_pre: TextPreprocess) -> None:
+    dm = _dm(tokenizer_pre, path=str(_csv(tmp_path / "d.csv")), model_labels=["neg", "pos"])
+    with pytest.raises(DataError, match=r"\['plot'\].*not trained on"):
+        dm.setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("content", "kwargs", "error", "fragment"),
+    [
+        (None, {}, DataError, "does not exist"),
+        ("text,label\nhi,pos\n", {"keep_labels": ["neg"]}, DataError, r"keep_labels \['neg'\]"),
+        ("text,label\nhi,\n", {}, DataError, "empty labels"),
+    ],
+)
+def test_bad_files(tmp_path: Path, content, kwargs, error, fragment) -> None:
+    path = tmp_path / "d.csv"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(error, match=fragment):
+        TextClassificationDataModule(path=str(path), **kwargs).labels
+
+
+def test_unsupported_extension(tmp_path: Path) -> None:
+    (tmp_path / "d.xlsx").write_text("x")
+    with pytest.raises(DataError, match="'.xlsx'.*supported"):
+        TextClassificationDataModule(path=str(tmp_path / "d.xlsx")).labels
+
+
+def test_preprocess_required_and_checked(tmp_path: Path) -> None:
+    dm = TextClassificationDataModule(path=str(_csv(tmp_path / "d.csv")))
+    with pytest.raises(DataError, match="set_preprocess"):
+        dm.setup("fit")
+    with pytest.raises(ConfigurationError, match="TextPreprocess"):
+        dm.set_preprocess(ImagePreprocess())
+    with pytest.raises(ConfigurationError, match="not both"):
+        TextClassificationDataModule(path="a.csv", train_path="b.csv")
+
+
+def test_predict_file_without_labels(tmp_path: Path, tokenizer_pre: TextPreprocess) -> None:
+    pd.DataFrame({"uid": ["r1", "r2", "r3"], "text": ["good", "bad film", "fun"]}).to_csv(tmp_path / "p.csv", index=False)
+    dm = _dm(tokenizer_pre, predict_path=str(tmp_path / "p.csv"), model_labels=["neg", "pos"], id_column="uid")
+    batches = list(dm.predict_dataloader())
+    assert dm.predict_ids == ["r1", "r2", "r3"] and dm.labels == ["neg", "pos"]
+    assert isinstance(batches[0], dict) and batches[0]["input_ids"].shape[0] == 3
+    dm2 = _dm(tokenizer_pre, predict_path=str(tmp_path / "p.csv"), model_labels=["neg", "pos"])
+    dm2.setup("predict")
+    assert dm2.predict_ids == ["0", "1", "2"]
+
+
+def test_fit_and_predict_with_tiny_bert(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    dm = TextClassificationDataModule(path=str(_csv(tmp_path / "d.csv", repeat=4)), keep_labels=["pos", "neg"],
+                                      batch_size=4, val_fraction=0.25, test_fraction=0.25,
+                                      predict_path=str(tmp_path / "d.csv"))
+    model = TransferClassifier(f"hf:{tiny_bert_dir}", labels=dm.labels, lr=1e-3)
+    dm.set_preprocess(model.backbone.preprocess)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, dm)
+    assert {"train/loss", "val/loss", "val/acc", "val/f1"} <= set(trainer.callback_metrics)
+    assert 0.0 <= trainer.test(model, dm, verbose=False)[0]["test/acc"] <= 1.0
+    probs = torch.cat(trainer.predict(model, dm))
+    assert probs.shape == (len(dm.predict_ids), 2)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(len(probs)))
+    # the checkpoint rebuilds the text model (config + tokenizer from the folder, weights from the state dict)
+    trainer.save_checkpoint(tmp_path / "text.ckpt")
+    loaded = TransferClassifier.load_from_checkpoint(tmp_path / "text.ckpt")
+    assert loaded.labels == ["neg", "pos"] and loaded.hparams.pretrained is False
+    tokens = next(iter(dm.predict_dataloader()))
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens), model(tokens))
+
+
+@pytest.mark.assets
+def test_rotten_tomatoes_labels_and_size() -> None:
+    from tl_lightning.assets import AssetUnavailableError, rotten_tomatoes_path
+
+    try:
+        path = rotten_tomatoes_path()
+    except AssetUnavailableError as err:
+        pytest.skip(str(err))
+    dm = TextClassificationDataModule(path=str(path), label_column="category", keep_labels=["fresh", "rotten"])
+    assert dm.labels == ["fresh", "rotten"]
+    texts, labels = dm._labelled_tables()["all"]
+    assert len(texts) == 4866 and abs(labels.count("fresh") - labels.count("rotten")) < 100
