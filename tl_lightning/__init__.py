@@ -1,7 +1,7 @@
 """tl_lightning: PyTorch Lightning building blocks for transfer learning."""
 
 from tl_lightning.backbones import Backbone, LayerGroup, create_backbone, list_backbones
-from tl_lightning.data import ImageFolderDataModule
+from tl_lightning.data import ImageFolderDataModule, TextClassificationDataModule
 from tl_lightning.errors import TLError
 from tl_lightning.heads import LinearHead, MLPHead, create_head
 from tl_lightning.modules import TransferClassifier
@@ -15,6 +15,7 @@ __all__ = [
     "LinearHead",
     "MLPHead",
     "TLError",
+    "TextClassificationDataModule",
     "TransferClassifier",
     "create_backbone",
     "create_head",
