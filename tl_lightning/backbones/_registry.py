@@ -135,7 +135,7 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | None = No
     Example:
         >>> bb = create_backbone("timm:test_resnet", pretrained=False)
         >>> bb.feature_dim, bb.layer_group_names()[:2]
-        (256, ['stem', 'layer1'])
+        (96, ['stem', 'layer1'])
     """
     if not isinstance(name, str) or not name:
         raise ConfigurationError(f"backbone name must be a non-empty string, got {name!r}")

@@ -123,8 +123,9 @@ def timm_param_groups(
     grouped = group_parameters(model, matcher)
     named: list[tuple[str, list[str]]] = []
     taken: set[str] = set()
+    all_names = [n for n, _ in model.named_parameters()]
     for i, pnames in enumerate(grouped.values()):
-        name = group_name_from_params(pnames, i, taken)
+        name = group_name_from_params(pnames, i, taken, all_names)
         taken.add(name)
         named.append((name, list(pnames)))
     return named

@@ -92,7 +92,7 @@ def layerwise_param_groups(
         >>> bb = create_backbone("timm:test_resnet", pretrained=False)
         >>> groups = layerwise_param_groups(bb.layer_groups(), base_lr=1e-3, decay=0.5, weight_decay=0.05)
         >>> [g["name"] for g in groups][:3]
-        ['stem', 'stem/no_decay', 'layer1.0']
+        ['stem', 'stem/no_decay', 'layer1']
     """
     if weight_decay < 0:
         raise ConfigurationError(f"weight_decay must be >= 0, got {weight_decay!r}")
