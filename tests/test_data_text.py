@@ -197,3 +197,20 @@ def test_rotten_tomatoes_labels_and_size() -> None:
     assert dm.labels == ["fresh", "rotten"]
     texts, labels = dm._labelled_tables()["all"]
     assert len(texts) == 4866 and abs(labels.count("fresh") - labels.count("rotten")) < 100
+
+
+def test_checkpoint_with_hydra_lists_loads_weights_only(tmp_path: Path, tokenizer_pre: TextPreprocess) -> None:
+    from omegaconf import OmegaConf
+
+    keep = OmegaConf.create({"keep": ["pos", "neg"]}).keep  # what Hydra passes: a ListConfig
+    dm = TextClassificationDataModule(path=str(_csv(tmp_path / "d.csv")), keep_labels=keep, batch_size=8)
+    assert type(dm.hparams.keep_labels) is list
+    model = TransferClassifier("timm:test_resnet", labels=dm.labels, pretrained=False)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    images = torch.utils.data.TensorDataset(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]))
+    trainer.fit(model, torch.utils.data.DataLoader(images, batch_size=4))
+    trainer.datamodule = dm  # as if fitted with it: its hparams go into the checkpoint
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    raw = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    assert raw["datamodule_hyper_parameters"]["keep_labels"] == ["pos", "neg"]

@@ -113,6 +113,15 @@ class ClassificationDataModule(LightningDataModule):
         self._datasets: dict[str, Dataset] = {}
         self._data_labels_cache: list[str] | None = None
 
+    def _plain_hparams(self) -> None:
+        """Turn OmegaConf containers (Hydra passes lists as ``ListConfig``) in ``hparams`` into plain
+        Python, so checkpoints holding the datamodule's hparams load with ``weights_only=True``."""
+        from omegaconf import Container, OmegaConf
+
+        for key, value in list(self.hparams.items()):
+            if isinstance(value, Container):
+                self.hparams[key] = OmegaConf.to_container(value, resolve=True)
+
     # -- labels ----------------------------------------------------------------------------
     def _data_labels(self) -> list[str]:
         raise NotImplementedError

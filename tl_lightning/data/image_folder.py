@@ -186,6 +186,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         self.skipped_files: dict[str, list[str]] = {}
         self._folders: dict[str, dict[str, list[Path]]] | None = None
         self.save_hyperparameters(logger=False)
+        self._plain_hparams()
 
     # -- scanning --------------------------------------------------------------------------
     def _scan(self) -> dict[str, dict[str, list[Path]]]:

@@ -178,6 +178,7 @@ class TextClassificationDataModule(ClassificationDataModule):
         self.id_column = id_column
         self._tables: dict[str, tuple[list[str], list[str]]] | None = None
         self.save_hyperparameters(logger=False)
+        self._plain_hparams()
 
     # -- reading ---------------------------------------------------------------------------
     def _columns(self, df: Any, path: str, need_labels: bool) -> None:

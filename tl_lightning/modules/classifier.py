@@ -214,7 +214,10 @@ class TransferClassifier(LightningModule):
         acc(preds, target)
         f1(preds, target)
         batch_size = y.shape[0]
-        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        # epoch-level only, so sync_dist costs one reduction per epoch and ranks agree (EarlyStopping, plateau)
+        self.log(
+            f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size, sync_dist=True
+        )
         self.log(f"{split}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
         self.log(f"{split}/f1", f1, on_step=False, on_epoch=True, batch_size=batch_size)
         return loss
