@@ -76,7 +76,12 @@ class BoringFT(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": self.sched(opt, self)}
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(make_data(self.n), batch_size=self.bs, shuffle=False)
+        data = make_data(self.n)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # explicit, unshuffled: rank r gets samples r, r + world, ... (tests/test_ddp.py relies on it)
+            sampler = torch.utils.data.DistributedSampler(data, shuffle=False)
+            return DataLoader(data, batch_size=self.bs, sampler=sampler)
+        return DataLoader(data, batch_size=self.bs, shuffle=False)
 
 
 def trainer(tmp_path: Any, callbacks: list, **kw: Any) -> pl.Trainer:

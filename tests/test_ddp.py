@@ -1,0 +1,89 @@
+"""2-process CPU DDP: after unfreezing, every rank holds identical weights, equal to a 1-process run.
+
+The model has no BatchNorm in trainable layers (Tanh MLP), so per-rank batch statistics cannot
+differ; the data is a fixed tensor set without shuffling, so DistributedSampler gives rank r the
+samples r, r+2, ... and each global batch of the 2-process run (2 x 4 samples) is exactly the
+batch of 8 consecutive samples of the 1-process run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from test_callbacks_models import BoringFT
+
+from tl_lightning.callbacks import GradualUnfreezing, LayerwiseLRDecay
+
+pytestmark = pytest.mark.ddp
+
+
+class SaveWeights(pl.Callback):
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module):
+        torch.save({k: v.detach().clone() for k, v in pl_module.state_dict().items()},
+                   self.folder / f"rank{trainer.global_rank}.pt")
+
+
+class NoSync(GradualUnfreezing):
+    """What Lightning's BackboneFinetuning effectively does: unfreeze, never average those grads."""
+
+    def on_fit_start(self, trainer, pl_module):
+        super().on_fit_start(trainer, pl_module)
+        self._sync_enabled = False
+
+
+def _sched(o, m):
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0 / (1 + 0.1 * s)), "interval": "step"}
+
+
+def _fit(folder: Path, devices: int, batch_size: int, unfreezer=GradualUnfreezing) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    # SGD + momentum: a smooth update, so the DDP / 1-process float differences stay tiny
+    model = BoringFT(lr=0.05, sched=_sched, batch_size=batch_size, n=32, opt="sgd")
+    callbacks = [
+        LayerwiseLRDecay(0.5, groups="model"),
+        unfreezer(groups="model", schedule={1: [-1], 2: "all"}, warmup_steps=2, state_key="u"),
+        SaveWeights(folder),
+    ]
+    pl.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        use_distributed_sampler=False,
+        max_epochs=3,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=folder,
+    ).fit(model)
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def test_ddp_ranks_identical_after_unfreeze_and_match_single_process(tmp_path):
+    _fit(tmp_path / "ddp", devices=2, batch_size=4)
+    _fit(tmp_path / "single", devices=1, batch_size=8)
+    w0 = torch.load(tmp_path / "ddp" / "rank0.pt")
+    w1 = torch.load(tmp_path / "ddp" / "rank1.pt")
+    single = torch.load(tmp_path / "single" / "rank0.pt")
+    assert _max_diff(w0, w1) == 0.0
+    fresh = BoringFT(lr=0.05, sched=_sched).state_dict()
+    assert _max_diff(w0, fresh) > 1e-3  # the whole trunk trained after the unfreeze
+    assert float((w0["model.stem.0.weight"] - fresh["model.stem.0.weight"]).abs().max()) > 1e-4
+    assert _max_diff(w0, single) < 1e-5
+
+
+def test_without_grad_sync_the_ranks_drift(tmp_path):
+    _fit(tmp_path / "nosync", devices=2, batch_size=4, unfreezer=NoSync)
+    w0 = torch.load(tmp_path / "nosync" / "rank0.pt")
+    w1 = torch.load(tmp_path / "nosync" / "rank1.pt")
+    assert _max_diff(w0, w1) > 1e-4
