@@ -117,10 +117,9 @@ class LayerwiseLRDecay(Callback):
         targets = resolve_targets(pl_module, self.groups, self.head)
         from tl_lightning.optim._param_groups import is_no_decay_param
 
-        ids = {id(p) for g in targets.groups for p in g.parameters()}
-        for opt in opts:
-            if not any(id(p) in ids for g in opt.param_groups for p in g["params"]):
-                continue  # another optimizer (e.g. a GAN's discriminator)
+        ids = {id(p) for g in targets.groups for p in g.parameters()} | {id(p) for _, p in targets.head}
+        mine_opts = [o for o in opts if any(id(p) in ids for g in o.param_groups for p in g["params"])]
+        for opt in mine_opts:
             mine = [s for s in scheds if getattr(s, "optimizer", None) is opt]
             apply_layerwise_lr_decay(
                 opt,
@@ -132,6 +131,8 @@ class LayerwiseLRDecay(Callback):
                 head_lr_scale=self.head_lr_scale,
                 schedulers=mine,
                 no_decay=is_no_decay_param if self.no_decay_filter else None,
+                # frozen parameters left out of the optimizer join it only when there is one
+                include_frozen=len(mine_opts) == 1,
             )
             rank_zero_info(
                 "[LayerwiseLRDecay] "
