@@ -1,6 +1,7 @@
 """tl_lightning: PyTorch Lightning building blocks for transfer learning."""
 
 from tl_lightning.backbones import Backbone, LayerGroup, create_backbone, list_backbones
+from tl_lightning.callbacks import GradualUnfreezing, LayerwiseLRDecay
 from tl_lightning.data import ImageFolderDataModule, TextClassificationDataModule
 from tl_lightning.errors import TLError
 from tl_lightning.heads import LinearHead, MLPHead, create_head
@@ -10,8 +11,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Backbone",
+    "GradualUnfreezing",
     "ImageFolderDataModule",
     "LayerGroup",
+    "LayerwiseLRDecay",
     "LinearHead",
     "MLPHead",
     "TLError",
