@@ -53,7 +53,7 @@ def test_image_folder_predictions(image_checkpoint: tuple[Path, TransferClassifi
     from tl_lightning.data import image_eval_transform
 
     transform = image_eval_transform(model.backbone.preprocess.with_size(32))
-    with Image.open(images / "0.png") as im:
+    with Image.open(images / "0.png") as im, torch.no_grad():
         expected = model.eval()(transform(im.convert("RGB"))[None]).softmax(-1)[0]
     assert float(rows[0]["prob_dog"]) == pytest.approx(float(expected[1]), abs=1e-4)
 

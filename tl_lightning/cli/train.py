@@ -46,7 +46,7 @@ def _instantiate_dict(node: DictConfig | None, key: str) -> list[Any]:
         if not isinstance(entry, DictConfig) or "_target_" not in entry:
             raise ValueError(f"{key}.{name} must be a config with a `_target_`, got {entry!r}")
         with config_step(f"{key}.{name}"):
-            objects.append(hydra.utils.instantiate(entry))
+            objects.append(hydra.utils.instantiate(entry, _convert_="all"))
     return objects
 
 
@@ -91,11 +91,12 @@ def train(cfg: DictConfig) -> RunSummary:
     output_dir = Path(cfg.paths.output_dir)
 
     with config_step("data"):
-        datamodule = hydra.utils.instantiate(cfg.data)
+        # plain containers: hyperparameters saved in checkpoints must load with weights_only=True
+        datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
         labels = [str(label) for label in datamodule.labels]
 
     with config_step(f"model (backbone.name={cfg.backbone.name!r})"):
-        model = hydra.utils.instantiate(cfg.model, labels=labels, num_classes=len(labels))
+        model = hydra.utils.instantiate(cfg.model, labels=labels, num_classes=len(labels), _convert_="all")
     with config_step("data"):
         datamodule.set_preprocess(model.backbone.preprocess)
 
