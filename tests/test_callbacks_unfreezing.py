@@ -169,3 +169,26 @@ def test_plug_in_torchvision_resnet(tmp_path):
     first = lrs[0]
     assert first["layer4"] == pytest.approx(2 * first["layer3"]) == pytest.approx(16 * first["stem"])
     assert first["head"] == pytest.approx(first["layer4"]) and "layer4/no_decay" in first
+
+
+def test_transfer_classifier_groups_and_layer_decay_left_alone(tmp_path):
+    from tl_lightning import TransferClassifier
+
+    model = TransferClassifier(backbone="timm:test_resnet", pretrained=False, num_classes=3, layer_decay=0.5)
+    seen = []
+
+    class Rec(pl.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            seen.append({g["name"]: g["lr"] for g in optimizer.param_groups})
+
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 3, (8,), generator=g))
+    unfreeze = GradualUnfreezing(schedule={1: [-1]}, warmup_steps=2)
+    with pytest.warns(UserWarning, match="already has layer-wise param groups"):
+        trainer(tmp_path, [LayerwiseLRDecay(0.9), unfreeze, Rec()], max_epochs=2).fit(
+            model, torch.utils.data.DataLoader(data, batch_size=4)
+        )
+    assert unfreeze.layer_group_names == ["stem", "layer1", "layer2", "layer3", "layer4"]
+    assert len({len(s) for s in seen}) == 1
+    assert seen[2]["layer4"] == pytest.approx(seen[0]["layer4"] / 2)  # warm-up step 1 of 2
+    assert seen[3]["layer4"] == pytest.approx(seen[0]["layer4"]) == pytest.approx(2 * seen[0]["layer3"])
