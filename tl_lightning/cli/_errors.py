@@ -60,10 +60,10 @@ def user_error_message(err: BaseException) -> str | None:
         ...         raise DataError("column 'txt' not found; columns: ['text', 'label']")
         ... except ConfigStepError as e:
         ...     print(user_error_message(e))
-        error in 'data': DataError: column 'txt' not found; columns: ['text', 'label']
+        error in data: DataError: column 'txt' not found; columns: ['text', 'label']
     """
     key = err.key if isinstance(err, ConfigStepError) else None
-    where = f" in {key!r}" if key else ""
+    where = f" in {key}" if key else ""
     for cause in _chain(err):
         if isinstance(cause, TLError):
             return f"error{where}: {type(cause).__name__}: {cause}"
