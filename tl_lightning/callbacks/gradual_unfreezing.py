@@ -305,7 +305,9 @@ class GradualUnfreezing(Callback):
             if id(m) not in keep:
                 m.training = self._pl_module.training
         self._norms = new_norms
-        set_norm_eval(self._norms)
+        if self._trainer is not None and self._trainer.training:
+            set_norm_eval(self._norms)
+        # otherwise on_train_epoch_start does it: Lightning warns about eval-mode modules at fit start
 
     def _unfreeze(self, trainer: pl.Trainer, at: int, action: Action) -> None:
         assert self._targets is not None and self._unfrozen is not None
