@@ -305,9 +305,8 @@ class GradualUnfreezing(Callback):
             if id(m) not in keep:
                 m.training = self._pl_module.training
         self._norms = new_norms
-        if self._trainer is not None and self._trainer.training:
-            set_norm_eval(self._norms)
-        # otherwise on_train_epoch_start does it: Lightning warns about eval-mode modules at fit start
+        # eval mode is set by on_train_epoch_start / on_train_batch_start (right after any
+        # unfreeze too); doing it here, before fit starts, makes Lightning warn about eval modules
 
     def _unfreeze(self, trainer: pl.Trainer, at: int, action: Action) -> None:
         assert self._targets is not None and self._unfrozen is not None
