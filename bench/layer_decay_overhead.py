@@ -2,10 +2,10 @@
 
 Same model, same data, same AdamW hyperparameters; only the partition of the parameters into
 param groups differs: "two" = decay / no-decay, "layerwise" = what LayerwiseLRDecay builds
-(one decay and one no-decay group per timm layer group plus the head). Repeats alternate; the
-median ratio of step times is printed.
+(one decay and one no-decay group per timm layer group plus the head). Single steps alternate
+(and who goes first); the median per-round ratio of step times is printed.
 
-    python bench/layer_decay_overhead.py --model resnet50 --size 128 --batch 16 --iters 5 --repeats 5
+    python bench/layer_decay_overhead.py --model resnet50 --size 128 --batch 16 --rounds 20
 """
 
 from __future__ import annotations
@@ -37,21 +37,24 @@ def make_opt(model: nn.Module, layerwise: bool, foreach: bool | None) -> torch.o
     return opt
 
 
-def timed(model, opt, x, y, iters: int, device) -> float:
+def make_step(model, opt, x, y):
     def step():
         loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    step()
+
+    return step
+
+
+def timed(step, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for _ in range(iters):
-        step()
+    step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / iters
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -59,10 +62,12 @@ def main() -> None:
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=20, help="rounds of one step per partition")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     torch.manual_seed(0)
     model = timm.create_model(args.model, pretrained=False, num_classes=10).to(dev)
@@ -71,14 +76,19 @@ def main() -> None:
     two, lw = make_opt(model, False, None), make_opt(model, True, None)
     print(f"torch {torch.__version__} device={dev} model={args.model} param groups: two={len(two.param_groups)} "
           f"layerwise={len(lw.param_groups)} ({[g['name'] for g in lw.param_groups]})")
+    step_two, step_lw = make_step(model, two, x, y), make_step(model, lw, x, y)
+    step_two(), step_lw()
     t_two, t_lw = [], []
-    for _ in range(args.repeats):
-        t_two.append(timed(model, two, x, y, args.iters, dev))
-        t_lw.append(timed(model, lw, x, y, args.iters, dev))
+    for r in range(args.rounds):  # alternate, and alternate who goes first
+        pair = [(t_two, step_two), (t_lw, step_lw)]
+        for times, step in pair if r % 2 == 0 else pair[::-1]:
+            times.append(timed(step, dev))
     ratios = [b / a for a, b in zip(t_two, t_lw)]
-    print(f"two groups  s/step: {[round(v, 4) for v in t_two]}")
-    print(f"layerwise   s/step: {[round(v, 4) for v in t_lw]}")
-    print(f"ratio layerwise/two per repeat: {[round(r, 4) for r in ratios]}  median: {statistics.median(ratios):.4f}")
+    print(f"two groups: median {statistics.median(t_two) * 1e3:.1f} ms/step; "
+          f"layerwise: median {statistics.median(t_lw) * 1e3:.1f} ms/step (threads={torch.get_num_threads()})")
+    print(f"per-round step-time ratio layerwise/two: median {statistics.median(ratios):.4f} "
+          f"(min {min(ratios):.3f}, max {max(ratios):.3f}); ratio of medians "
+          f"{statistics.median(t_lw) / statistics.median(t_two):.4f}")
 
 
 if __name__ == "__main__":
