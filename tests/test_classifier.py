@@ -252,3 +252,24 @@ def test_bad_batch_is_reported() -> None:
     model = _model()
     with pytest.raises(ConfigurationError, match="pairs"):
         model.training_step(torch.randn(2, 3, 32, 32), 0)
+
+
+def test_frozen_backbone_runs_under_no_grad_and_head_still_trains() -> None:
+    model = _model()
+    grad_enabled_in_trunk: list[bool] = []
+    model.backbone.register_forward_hook(lambda *_: grad_enabled_in_trunk.append(torch.is_grad_enabled()))
+    x = torch.randn(2, 3, 32, 32, requires_grad=True)  # even an input that wants grad
+
+    model(x).sum().backward()
+    assert grad_enabled_in_trunk == [True]
+    assert x.grad is not None
+
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    x.grad = None
+    logits = model(x)
+    assert grad_enabled_in_trunk == [True, False]
+    assert logits.requires_grad
+    logits.sum().backward()
+    assert x.grad is None, "no graph may be built through a fully frozen trunk"
+    assert all(p.grad is not None for p in model.head.parameters())

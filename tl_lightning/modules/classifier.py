@@ -16,6 +16,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
 from tl_lightning.backbones import Backbone, LayerGroup, create_backbone
+from tl_lightning.callbacks._freezing import no_grad_if_frozen
 from tl_lightning.errors import ConfigurationError
 from tl_lightning.heads import create_head
 from tl_lightning.optim import layerwise_param_groups
@@ -193,7 +194,11 @@ class TransferClassifier(LightningModule):
     @override
     def forward(self, x: Tensor | Mapping[str, Tensor]) -> Tensor:
         """Logits ``(batch, num_classes)`` for an image tensor or a dict of tokenized tensors."""
-        return self.head(self.backbone(x))
+        # A fully frozen trunk (feature extraction) runs under no_grad: no graph, no saved
+        # activations, whatever the inputs are.
+        with no_grad_if_frozen(self.backbone):
+            features = self.backbone(x)
+        return self.head(features)
 
     def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
         if self.task == "multiclass":
