@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from tl_lightning.cli._config import config_dir, prepare_omegaconf
 from tl_lightning.cli._errors import config_step, exit_on_user_error
 from tl_lightning.cli._summary import RunSummary
+from tl_lightning.errors import ConfigurationError
 
 __all__ = ["main", "train"]
 
@@ -44,7 +45,9 @@ def _instantiate_dict(node: DictConfig | None, key: str) -> list[Any]:
         if entry is None:
             continue
         if not isinstance(entry, DictConfig) or "_target_" not in entry:
-            raise ValueError(f"{key}.{name} must be a config with a `_target_`, got {entry!r}")
+            raise ConfigurationError(
+                f"{key}.{name} must be a config with a `_target_` (or null to disable it), got {entry!r}"
+            )
         with config_step(f"{key}.{name}"):
             objects.append(hydra.utils.instantiate(entry, _convert_="all"))
     return objects
