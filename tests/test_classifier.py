@@ -149,6 +149,7 @@ def test_labels_and_num_classes() -> None:
         ({"task": "regression"}, "task"),
         ({"layer_decay": 1.5}, "layer_decay"),
         ({"optimizer": "adamw"}, "callable"),
+        ({"optimizer": {"_target_": "torch.optim.NoSuchOptimizer"}}, "NoSuchOptimizer"),
         ({"scheduler_interval": "batch"}, "scheduler_interval"),
     ],
 )
@@ -205,6 +206,12 @@ def test_checkpoint_round_trip_without_weights_file(tmp_path: Path) -> None:
     model.eval(), loaded.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))
+    # the same optimizer and schedule come back, not a default
+    assert loaded.hparams.optimizer == {"_target_": "torch.optim.adamw.AdamW", "betas": [0.8, 0.99]}
+    assert loaded.optimizer_factory.func is torch.optim.AdamW
+    assert loaded.optimizer_factory.keywords == {"betas": [0.8, 0.99]}
+    assert loaded.scheduler_factory.func is warmup_cosine
+    assert loaded.scheduler_factory.keywords == {"warmup_fraction": 0.2}
     raw = torch.load(ckpt, weights_only=True)
     assert raw["tl_lightning"]["labels"] == ["cat", "dog"]
     assert raw["tl_lightning"]["pretrained_source"] == str(weights)
@@ -273,3 +280,15 @@ def test_frozen_backbone_runs_under_no_grad_and_head_still_trains() -> None:
     logits.sum().backward()
     assert x.grad is None, "no graph may be built through a fully frozen trunk"
     assert all(p.grad is not None for p in model.head.parameters())
+
+
+def test_optimizer_given_as_target_mapping() -> None:
+    model = _model(optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "momentum": 0.5}, weight_decay=0.0)
+    opt = model.configure_optimizers()["optimizer"]
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.5
+
+
+def test_unrepresentable_partial_is_not_stored() -> None:
+    model = _model(optimizer=lambda groups: torch.optim.SGD(groups))
+    assert model.hparams.optimizer is None
+    assert isinstance(model.configure_optimizers()["optimizer"], torch.optim.SGD)

@@ -19,6 +19,7 @@ from tl_lightning.backbones import Backbone, LayerGroup, create_backbone
 from tl_lightning.callbacks._freezing import no_grad_if_frozen
 from tl_lightning.errors import ConfigurationError
 from tl_lightning.heads import create_head
+from tl_lightning.modules._partials import partial_to_spec, spec_to_partial
 from tl_lightning.optim import layerwise_param_groups
 from tl_lightning.optim.schedulers import build_scheduler
 
@@ -92,8 +93,10 @@ class TransferClassifier(LightningModule):
         weight_decay: Weight decay, not applied to biases, norms, embeddings and tokens.
         label_smoothing: Label smoothing of the loss.
         optimizer: A partial called with the param groups (``functools.partial(torch.optim.SGD,
-            momentum=0.9)`` or Hydra ``_partial_: true``); default AdamW.
-        scheduler: A partial called with the optimizer, through
+            momentum=0.9)``, Hydra ``_partial_: true``, or a ``{"_target_": "torch.optim.SGD",
+            "momentum": 0.9}`` mapping); default AdamW. Stored in the checkpoint as such a
+            mapping, so ``load_from_checkpoint`` rebuilds it.
+        scheduler: A partial (or ``_target_`` mapping) called with the optimizer, through
             :func:`~tl_lightning.optim.build_scheduler` (``total_steps`` filled in).
         scheduler_interval: Step the scheduler every ``"step"`` or ``"epoch"``.
         scheduler_monitor: Metric monitored by ``ReduceLROnPlateau``.
@@ -124,8 +127,8 @@ class TransferClassifier(LightningModule):
         layer_decay: float = 1.0,
         weight_decay: float = 0.01,
         label_smoothing: float = 0.0,
-        optimizer: Callable[..., Optimizer] | None = None,
-        scheduler: Callable[..., Any] | None = None,
+        optimizer: Callable[..., Optimizer] | Mapping[str, Any] | None = None,
+        scheduler: Callable[..., Any] | Mapping[str, Any] | None = None,
         scheduler_interval: Literal["step", "epoch"] = "step",
         scheduler_monitor: str = "val/loss",
     ) -> None:
@@ -143,11 +146,14 @@ class TransferClassifier(LightningModule):
             raise ConfigurationError(f"layer_decay must be in (0, 1] (1.0 disables it), got {layer_decay!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigurationError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        optimizer, scheduler = _plain(optimizer), _plain(scheduler)
         for name, fn in (("optimizer", optimizer), ("scheduler", scheduler)):
-            if fn is not None and not callable(fn):
+            if fn is not None and not callable(fn) and not (isinstance(fn, Mapping) and "_target_" in fn):
                 raise ConfigurationError(
-                    f"{name} must be a callable (functools.partial or Hydra `_partial_: true`), got {fn!r}"
+                    f"{name} must be a callable (functools.partial or Hydra `_partial_: true`) or a "
+                    f"{{'_target_': ...}} mapping, got {fn!r}"
                 )
+        optimizer, scheduler = spec_to_partial(optimizer), spec_to_partial(scheduler)
         resolved = _resolve_labels(num_classes, labels)
         if task == "multiclass" and len(resolved) < 2:
             raise ConfigurationError(
@@ -155,9 +161,16 @@ class TransferClassifier(LightningModule):
                 "for one yes/no label use task='multilabel'"
             )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        # Stored resolved and plain: the label names travel with every checkpoint.
+        # Stored resolved and plain: the label names travel with every checkpoint, and the
+        # optimizer / scheduler as {"_target_": ..., **kwargs} specs (None when a partial cannot
+        # be described that way, e.g. a lambda), so load_from_checkpoint rebuilds them.
         self.hparams.update(
-            labels=resolved, num_classes=len(resolved), backbone_kwargs=backbone_kwargs, head_hidden=list(head_hidden)
+            labels=resolved,
+            num_classes=len(resolved),
+            backbone_kwargs=backbone_kwargs,
+            head_hidden=list(head_hidden),
+            optimizer=partial_to_spec(optimizer),
+            scheduler=partial_to_spec(scheduler),
         )
         self.labels: list[str] = resolved
         self.num_classes = len(resolved)
