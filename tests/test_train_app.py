@@ -143,6 +143,35 @@ def test_cli_run_folder_has_config_labels_checkpoint(image_root: Path, tmp_path:
     assert "tl-train summary" in result.stdout and "best checkpoint" in result.stdout
 
 
+@pytest.mark.slow
+def test_cli_multirun_sweeps_a_grid(image_root: Path, tmp_path: Path) -> None:
+    """`tl-train -m` runs one job per combination, each in its own folder with its own overrides."""
+    result = run_cli(["-m", "experiment=tiny_image", f"data.root={image_root}", "debug=limit",
+                      "trainer.max_epochs=1", "model.lr=1e-3,1e-2", "hydra.sweep.dir=sweep"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.isdigit())
+    assert [j.name for j in jobs] == ["0", "1"]
+    lrs = set()
+    for job in jobs:
+        assert json.loads((job / "labels.json").read_text()) == ["blue", "green", "red"]
+        assert "test_metrics" in json.loads((job / "summary.json").read_text())
+        lrs |= {o for o in (job / ".hydra" / "overrides.yaml").read_text().split() if o.startswith("model.lr=")}
+    assert lrs == {"model.lr=0.001", "model.lr=0.01"}
+
+
+@pytest.mark.slow
+def test_cli_optuna_sweep_returns_the_metric(image_root: Path, tmp_path: Path) -> None:
+    """hparams_search=optuna: every trial returns optimized_metric and the sweeper records the best."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the `sweeps` extra")
+    result = run_cli(["-m", "hparams_search=optuna", "experiment=tiny_image", f"data.root={image_root}",
+                      "debug=limit", "trainer.max_epochs=1", "hydra.sweeper.n_trials=2",
+                      "hydra.sweeper.sampler.n_startup_trials=2", "hydra.sweep.dir=sweep"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = (tmp_path / "sweep" / "optimization_results.yaml").read_text()
+    assert "best_params" in best and "model.lr" in best and "best_value" in best
+    assert len([p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.isdigit()]) == 2
+
+
 def test_cli_help_lists_groups(tmp_path: Path) -> None:
     result = run_cli(["--help"], tmp_path)
     assert result.returncode == 0, result.stderr
