@@ -48,7 +48,7 @@ def targets(node: Any) -> list[str]:
             value = node._get_node(key)
             if key == "_target_":
                 found.append(str(node[key]))
-            elif isinstance(value, (DictConfig, ListConfig)):
+            elif isinstance(value, (DictConfig, ListConfig)) and not value._is_none():
                 found.extend(targets(value))
     elif isinstance(node, ListConfig):
         for item in node:
