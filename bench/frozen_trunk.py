@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import timm
 import torch
 from torch import nn
 
+from _side_by_side import alternate
 from tl_lightning.callbacks import no_grad_if_frozen
 from tl_lightning.callbacks._freezing import set_norm_eval
 
@@ -46,16 +46,6 @@ def make_step(trunk: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tenso
     return step
 
 
-def timed(step, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="resnet50")
@@ -80,12 +70,7 @@ def main() -> None:
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     naive_step = make_step(trunk, head, x, y, False, dtype)
     ours_step = make_step(trunk, head, x, y, True, dtype)
-    naive_step(), ours_step()  # warm-up
-    naive, ours = [], []
-    for r in range(args.rounds):  # alternate, and alternate who goes first, so load drift hits both
-        pair = [(naive, naive_step), (ours, ours_step)]
-        for times, step in pair if r % 2 == 0 else pair[::-1]:
-            times.append(timed(step, dev))
+    naive, ours = alternate(naive_step, ours_step, args.rounds, dev)
     ratios = [n / o for n, o in zip(naive, ours)]
     med_n, med_o = statistics.median(naive), statistics.median(ours)
     print(f"torch {torch.__version__} device={dev} model={args.model} size={args.size} batch={args.batch} "

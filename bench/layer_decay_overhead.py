@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import timm
 import torch
 from torch import nn
 
+from _side_by_side import alternate
 from tl_lightning.backbones._auto import layer_groups_for_module
 from tl_lightning.optim._param_groups import is_no_decay_param
 from tl_lightning.optim._repartition import apply_layerwise_lr_decay
@@ -47,16 +47,6 @@ def make_step(model, opt, x, y):
     return step
 
 
-def timed(step, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="resnet50")
@@ -77,12 +67,7 @@ def main() -> None:
     print(f"torch {torch.__version__} device={dev} model={args.model} param groups: two={len(two.param_groups)} "
           f"layerwise={len(lw.param_groups)} ({[g['name'] for g in lw.param_groups]})")
     step_two, step_lw = make_step(model, two, x, y), make_step(model, lw, x, y)
-    step_two(), step_lw()
-    t_two, t_lw = [], []
-    for r in range(args.rounds):  # alternate, and alternate who goes first
-        pair = [(t_two, step_two), (t_lw, step_lw)]
-        for times, step in pair if r % 2 == 0 else pair[::-1]:
-            times.append(timed(step, dev))
+    t_two, t_lw = alternate(step_two, step_lw, args.rounds, dev)
     ratios = [b / a for a, b in zip(t_two, t_lw)]
     print(f"two groups: median {statistics.median(t_two) * 1e3:.1f} ms/step; "
           f"layerwise: median {statistics.median(t_lw) * 1e3:.1f} ms/step (threads={torch.get_num_threads()})")
