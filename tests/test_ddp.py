@@ -41,7 +41,14 @@ def _sched(o, m):
     return {"scheduler": torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0 / (1 + 0.1 * s)), "interval": "step"}
 
 
-def _fit(folder: Path, devices: int, batch_size: int, unfreezer=GradualUnfreezing) -> None:
+def _fit(
+    folder: Path,
+    devices: int,
+    batch_size: int,
+    unfreezer=GradualUnfreezing,
+    max_epochs: int = 3,
+    ckpt_path: Path | None = None,
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     # SGD + momentum: a smooth update, so the DDP / 1-process float differences stay tiny
     model = BoringFT(lr=0.05, sched=_sched, batch_size=batch_size, n=32, opt="sgd")
@@ -49,20 +56,20 @@ def _fit(folder: Path, devices: int, batch_size: int, unfreezer=GradualUnfreezin
         LayerwiseLRDecay(0.5, groups="model"),
         unfreezer(groups="model", schedule={1: [-1], 2: "all"}, warmup_steps=2, state_key="u"),
         SaveWeights(folder),
+        pl.callbacks.ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0),
     ]
     pl.Trainer(
         accelerator="cpu",
         devices=devices,
         strategy="ddp_spawn" if devices > 1 else "auto",
         use_distributed_sampler=False,
-        max_epochs=3,
+        max_epochs=max_epochs,
         callbacks=callbacks,
         logger=False,
-        enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=folder,
-    ).fit(model)
+    ).fit(model, ckpt_path=ckpt_path)
 
 
 def _max_diff(a: dict, b: dict) -> float:
@@ -87,3 +94,21 @@ def test_without_grad_sync_the_ranks_drift(tmp_path):
     w0 = torch.load(tmp_path / "nosync" / "rank0.pt")
     w1 = torch.load(tmp_path / "nosync" / "rank1.pt")
     assert _max_diff(w0, w1) > 1e-4
+
+
+def test_ddp_resume_after_an_unfreeze_keeps_ranks_identical(tmp_path):
+    """Stopped after the first unfreeze and resumed under DDP: the ranks stay identical and the run
+    ends where an uninterrupted DDP run ends (groups unfrozen before the resume are in DDP's
+    reducer now, the ones unfrozen after it are averaged by the callback)."""
+    _fit(tmp_path / "full", devices=2, batch_size=4)
+    _fit(tmp_path / "part", devices=2, batch_size=4, max_epochs=2)
+    ckpt = tmp_path / "part" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=False)
+    unfreeze_state = next(v for k, v in state["callbacks"].items() if k.startswith("GradualUnfreezing"))
+    assert unfreeze_state["unfrozen"] == ["block3"], "stopped between the two unfreezes"
+    _fit(tmp_path / "resumed", devices=2, batch_size=4, max_epochs=3, ckpt_path=ckpt)
+    r0 = torch.load(tmp_path / "resumed" / "rank0.pt")
+    r1 = torch.load(tmp_path / "resumed" / "rank1.pt")
+    full = torch.load(tmp_path / "full" / "rank0.pt")
+    assert _max_diff(r0, r1) == 0.0
+    assert _max_diff(r0, full) < 1e-5
