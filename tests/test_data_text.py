@@ -214,3 +214,59 @@ def test_checkpoint_with_hydra_lists_loads_weights_only(tmp_path: Path, tokenize
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     raw = torch.load(tmp_path / "m.ckpt", weights_only=True)
     assert raw["datamodule_hyper_parameters"]["keep_labels"] == ["pos", "neg"]
+
+
+ML_ROWS = [
+    ("a good fun movie", "comedy|family"),
+    ("great film", "drama"),
+    ("an awful boring plot", "drama|horror"),
+    ("bad actor", "horror"),
+    ("the plot of the film", "comedy"),
+]
+
+
+def test_multilabel_rows_give_multi_hot_targets(tmp_path: Path, tokenizer_pre: TextPreprocess) -> None:
+    dm = _dm(tokenizer_pre, path=str(_csv(tmp_path / "m.csv", rows=ML_ROWS, repeat=4)), label_separator="|",
+             val_fraction=0.2, test_fraction=0.2)
+    assert dm.multilabel
+    assert dm.labels == ["comedy", "drama", "family", "horror"]
+    dm.setup("fit")
+    _, y = next(iter(dm.train_dataloader()))
+    assert y.dtype == torch.float and y.shape[1] == 4
+    assert set(y.sum(1).tolist()) <= {1.0, 2.0}
+    texts = dm._datasets["train"].texts
+    targets = dm._datasets["train"].targets
+    row = texts.index("a good fun movie")
+    assert targets[row] == [1.0, 0.0, 1.0, 0.0]  # comedy + family
+
+
+def test_multilabel_keep_labels_drops_other_labels_and_empty_rows(tmp_path: Path, tokenizer_pre: TextPreprocess) -> None:
+    dm = _dm(tokenizer_pre, path=str(_csv(tmp_path / "m.csv", rows=ML_ROWS, repeat=4)), label_separator="|",
+             keep_labels=["drama", "horror"], val_fraction=0.25, test_fraction=0.25)
+    assert dm.labels == ["drama", "horror"]
+    dm.setup("fit")
+    dm.setup("test")
+    used = [t for split in ("train", "val", "test") for t in dm._datasets[split].texts]
+    assert "the plot of the film" not in used  # its only label (comedy) was dropped
+    assert "a good fun movie" not in used  # comedy|family: nothing kept
+    assert len(used) == 3 * 4  # great film, awful boring plot, bad actor; x4
+    targets = [t for split in ("train", "val", "test") for t in dm._datasets[split].targets]
+    assert [1.0, 1.0] in targets  # drama|horror kept both
+
+
+def test_multilabel_empty_label_cell_is_reported(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "m.csv", rows=[*ML_ROWS, ("nothing here", "|")], repeat=2)
+    dm = TextClassificationDataModule(path=str(path), label_separator="|")
+    with pytest.raises(DataError, match=r"no label between the '\|' separators in rows \(0-based\) \[5, 11\]"):
+        _ = dm.labels
+
+
+def test_multilabel_trains_a_multilabel_classifier(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    dm = TextClassificationDataModule(path=str(_csv(tmp_path / "m.csv", rows=ML_ROWS, repeat=4)), label_separator="|",
+                                      batch_size=4, val_fraction=0.2, test_fraction=0.2)
+    model = TransferClassifier(f"hf:{tiny_bert_dir}", labels=dm.labels, task="multilabel", lr=1e-3)
+    dm.set_preprocess(model.backbone.preprocess)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, dm)
+    assert 0.0 <= trainer.test(model, dm, verbose=False)[0]["test/acc"] <= 1.0

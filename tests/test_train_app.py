@@ -99,6 +99,34 @@ def test_every_finetune_strategy_fast_dev_run(finetune: str, image_root: Path, t
     assert "test/acc" in summary.test_metrics
 
 
+@pytest.fixture(scope="module")
+def multilabel_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ml") / "genres.csv"
+    rows = ["text,genres"]
+    for i in range(6):
+        rows += [f"a good fun movie {i},comedy|family", f"a bad boring film {i},drama", f"awful plot {i},drama|horror"]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_multilabel_text_run(multilabel_csv: Path, tiny_bert_dir: Path, tmp_path: Path) -> None:
+    overrides = ["experiment=tiny_text", "backbone=hf_tiny", f"backbone.path={tiny_bert_dir}",
+                 f"data.path={multilabel_csv}", "data.label_column=genres", "data.label_separator=|",
+                 "model.task=multilabel", "trainer.fast_dev_run=true"]
+    summary = train(compose_run(overrides, tmp_path))
+    assert summary.labels == ["comedy", "drama", "family", "horror"]
+    assert 0.0 <= summary.test_metrics["test/acc"] <= 1.0
+
+
+def test_multilabel_data_needs_multilabel_model(multilabel_csv: Path, tiny_bert_dir: Path, tmp_path: Path) -> None:
+    from tl_lightning.errors import ConfigurationError
+
+    overrides = ["experiment=tiny_text", "backbone=hf_tiny", f"backbone.path={tiny_bert_dir}",
+                 f"data.path={multilabel_csv}", "data.label_column=genres", "data.label_separator=|"]
+    with pytest.raises(ConfigurationError, match="model.task='multiclass' but the data is multilabel"):
+        train(compose_run(overrides, tmp_path))
+
+
 def test_short_run_writes_outputs_and_learns(image_root: Path, tmp_path: Path) -> None:
     """A real (non fast_dev_run) run: checkpoint, metrics CSV, labels, summary; colours are learnable."""
     overrides = ["experiment=tiny_image", f"data.root={image_root}", "trainer.max_epochs=6", "model.lr=3e-3",

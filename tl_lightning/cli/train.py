@@ -98,6 +98,12 @@ def train(cfg: DictConfig) -> RunSummary:
         datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
         labels = [str(label) for label in datamodule.labels]
 
+    data_task = "multilabel" if getattr(datamodule, "multilabel", False) else "multiclass"
+    if cfg.model.get("task", "multiclass") != data_task:
+        raise ConfigurationError(
+            f"model.task={cfg.model.get('task')!r} but the data is {data_task} "
+            f"(data.label_separator={cfg.data.get('label_separator')!r}). Fix: add model.task={data_task}"
+        )
     with config_step(f"model (backbone.name={cfg.backbone.name!r})"):
         model = hydra.utils.instantiate(cfg.model, labels=labels, num_classes=len(labels), _convert_="all")
     with config_step("data"):

@@ -78,6 +78,8 @@ class ClassificationDataModule(LightningDataModule):
     """
 
     modality: str = ""
+    #: rows carry several labels (multi-hot targets) instead of one class index
+    multilabel: bool = False
 
     def __init__(
         self,

@@ -60,7 +60,7 @@ def read_table(path: str | Path) -> Any:
 class _TextDataset(Dataset):
     """``(text, target)`` pairs (just texts for predict)."""
 
-    def __init__(self, texts: Sequence[str], targets: Sequence[int] | None) -> None:
+    def __init__(self, texts: Sequence[str], targets: Sequence[int | list[float]] | None) -> None:
         self.texts = list(texts)
         self.targets = None if targets is None else list(targets)
 
@@ -82,12 +82,17 @@ class _TokenizeCollate:
     def __call__(self, batch: list[Any]) -> Any:
         if batch and isinstance(batch[0], tuple):
             texts, targets = zip(*batch)
-            return self.preprocess(list(texts)), torch.tensor(targets, dtype=torch.long)
+            dtype = torch.float if isinstance(targets[0], list) else torch.long  # multi-hot vs class index
+            return self.preprocess(list(texts)), torch.tensor(targets, dtype=dtype)
         return self.preprocess(list(batch))
 
 
 class TextClassificationDataModule(ClassificationDataModule):
-    """Texts with one label each from CSV, TSV or JSONL files, tokenized by the backbone's tokenizer.
+    """Labelled texts from CSV, TSV or JSONL files, tokenized by the backbone's tokenizer.
+
+    One label per row (multi-class), or several when ``label_separator`` is set (multi-label:
+    ``"drama|comedy"``; targets are multi-hot float vectors, for
+    ``TransferClassifier(task="multilabel")``).
 
     Give either ``path`` (one file split into train / val / test with a seeded, stratified
     split) or ``train_path`` with optional ``val_path`` / ``test_path`` (a missing one is split
@@ -105,7 +110,11 @@ class TextClassificationDataModule(ClassificationDataModule):
         predict_path: File to predict on.
         text_column: Column with the texts.
         label_column: Column with the labels (read as strings).
-        keep_labels: Keep only rows with these labels (e.g. ``["fresh", "rotten"]``).
+        label_separator: Multi-label data: split each label cell on this string (``"|"``).
+            ``None`` (default): one label per row.
+        keep_labels: Keep only rows with these labels (e.g. ``["fresh", "rotten"]``); with
+            ``label_separator``, other labels are dropped from each row and rows left with none
+            are dropped.
         max_train_samples: Seeded random subsample of the training split.
         max_length: Override the preprocess' ``max_length`` (tokens).
         id_column: Column used for :attr:`predict_ids` (default: row numbers).
@@ -127,6 +136,11 @@ class TextClassificationDataModule(ClassificationDataModule):
 
     modality = "text"
 
+    @property
+    def multilabel(self) -> bool:
+        """Whether rows carry several labels (``label_separator`` is set)."""
+        return self.label_separator is not None
+
     def __init__(
         self,
         path: str | None = None,
@@ -136,6 +150,7 @@ class TextClassificationDataModule(ClassificationDataModule):
         predict_path: str | None = None,
         text_column: str = "text",
         label_column: str = "label",
+        label_separator: str | None = None,
         keep_labels: Sequence[str] | None = None,
         max_train_samples: int | None = None,
         max_length: int | None = None,
@@ -171,7 +186,10 @@ class TextClassificationDataModule(ClassificationDataModule):
         self.test_path = None if test_path is None else str(test_path)
         self.predict_path = None if predict_path is None else str(predict_path)
         self.text_column = text_column
+        if label_separator is not None and (not isinstance(label_separator, str) or not label_separator):
+            raise ConfigurationError(f"label_separator must be a non-empty string or None, got {label_separator!r}")
         self.label_column = label_column
+        self.label_separator = label_separator
         self.keep_labels = _plain_list(keep_labels)
         self.max_train_samples = max_train_samples
         self.max_length = max_length
@@ -202,19 +220,44 @@ class TextClassificationDataModule(ClassificationDataModule):
             )
         texts = df[self.text_column].astype(str).tolist()
         labels = [_label_str(v) for v in df[self.label_column].tolist()]
+        if self.label_separator is not None:
+            empty = [i for i, label in enumerate(labels) if not self._names(label)]
+            if empty:
+                raise DataError(
+                    f"{path!r}: label cells with no label between the {self.label_separator!r} separators in rows "
+                    f"(0-based) {empty[:10]}. Fix: drop or fill those rows"
+                )
         if self.keep_labels is not None:
-            present = set(labels)
+            present = {name for label in labels for name in self._names(label)}
             absent = [k for k in self.keep_labels if k not in present]
             if absent:
                 raise DataError(
                     f"keep_labels {absent} not found in {path!r} (labels present: {sorted(present)}); fix keep_labels"
                 )
             keep = set(self.keep_labels)
-            rows = [i for i, label in enumerate(labels) if label in keep]
+            if self.label_separator is None:
+                rows = [i for i, label in enumerate(labels) if label in keep]
+            else:
+                labels = [self.label_separator.join(n for n in self._names(label) if n in keep) for label in labels]
+                rows = [i for i, label in enumerate(labels) if label]
             texts, labels = [texts[i] for i in rows], [labels[i] for i in rows]
         if not texts:
             raise DataError(f"{path!r} has no rows to use")
         return texts, labels
+
+    def _names(self, label: str) -> list[str]:
+        """The label names of one label cell (several with ``label_separator``)."""
+        if self.label_separator is None:
+            return [label]
+        return [name.strip() for name in label.split(self.label_separator) if name.strip()]
+
+    def _target(self, label: str, mapping: dict[str, int]) -> int | list[float]:
+        if self.label_separator is None:
+            return mapping[label]
+        hot = [0.0] * len(mapping)
+        for name in self._names(label):
+            hot[mapping[name]] = 1.0
+        return hot
 
     def _labelled_tables(self) -> dict[str, tuple[list[str], list[str]]]:
         if self._tables is None:
@@ -230,7 +273,7 @@ class TextClassificationDataModule(ClassificationDataModule):
                 "TextClassificationDataModule has no labelled data: give path=... or train_path=... "
                 "(predict_path alone has no labels; pass model_labels=model.labels to predict)"
             )
-        return [label for _, labels in tables.values() for label in labels]
+        return [name for _, labels in tables.values() for label in labels for name in self._names(label)]
 
     @property
     @override
@@ -272,10 +315,12 @@ class TextClassificationDataModule(ClassificationDataModule):
         mapping = self.class_to_idx  # raises on labels the model does not know
         tables = self._labelled_tables()
         base_texts, base_labels = tables.get("all") or tables["train"]
-        targets = [mapping[label] for label in base_labels]
+        targets = [self._target(label, mapping) for label in base_labels]
         val_frac = self.val_fraction if "val" not in tables else 0.0
         test_frac = self.test_fraction if "test" not in tables else 0.0
-        tr, va, te = stratified_split(targets, val_frac, test_frac, self.seed)
+        # multi-label rows are stratified by their first label
+        strata = [t if isinstance(t, int) else t.index(1.0) for t in targets]
+        tr, va, te = stratified_split(strata, val_frac, test_frac, self.seed)
         if self.max_train_samples is not None and self.max_train_samples < len(tr):
             rng = np.random.default_rng(self.seed)
             tr = sorted(rng.choice(tr, size=self.max_train_samples, replace=False).tolist())
@@ -286,7 +331,7 @@ class TextClassificationDataModule(ClassificationDataModule):
         def table(name: str, idx: list[int]) -> _TextDataset:
             if name in tables:
                 texts, labels = tables[name]
-                return _TextDataset(texts, [mapping[label] for label in labels])
+                return _TextDataset(texts, [self._target(label, mapping) for label in labels])
             return subset(idx)
 
         return {"train": subset(tr), "val": table("val", va), "test": table("test", te)}
