@@ -192,3 +192,20 @@ def test_transfer_classifier_groups_and_layer_decay_left_alone(tmp_path):
     assert len({len(s) for s in seen}) == 1
     assert seen[2]["layer4"] == pytest.approx(seen[0]["layer4"] / 2)  # warm-up step 1 of 2
     assert seen[3]["layer4"] == pytest.approx(seen[0]["layer4"]) == pytest.approx(2 * seen[0]["layer3"])
+
+
+def test_second_fit_with_a_new_trainer_keeps_warmup_factors_positive(tmp_path):
+    """The callback keeps its progress across fit() calls while a new Trainer restarts global_step."""
+    cb = GradualUnfreezing(groups="model", schedule={1: "all"}, warmup_steps=100)
+    model = BoringFT(opt="sgd")
+    trainer(tmp_path, [LayerwiseLRDecay(1.0, groups="model"), cb], max_epochs=3).fit(model)
+    assert cb.unfrozen_groups == GROUPS
+
+    factors: list[float] = []
+
+    class Probe(pl.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            factors.extend(cb.warmup_factor(n, trainer.global_step) for n in GROUPS)
+
+    trainer(tmp_path, [LayerwiseLRDecay(1.0, groups="model"), cb, Probe()], max_epochs=1).fit(model)
+    assert factors and all(0.0 < f <= 1.0 for f in factors), factors

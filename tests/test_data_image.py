@@ -176,3 +176,34 @@ def test_missing_test_split_and_argument_errors(tmp_path: Path) -> None:
         ImageFolderDataModule(root="x", on_bad_image="ignore")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="val_fraction"):
         ImageFolderDataModule(root="x", val_fraction=0.6, test_fraction=0.5)
+
+
+def test_sort_labels_is_deterministic_for_equal_integers() -> None:
+    from tl_lightning.data._base import sort_labels
+
+    assert sort_labels(["02", "1", "2", "01", "10"]) == ["01", "1", "02", "2", "10"]
+    assert sort_labels(["2", "01", "1", "02", "10"]) == ["01", "1", "02", "2", "10"]
+
+
+def _truncated_jpeg(path: Path) -> None:
+    """A JPEG cut in half: its header passes PIL's verify(), decoding it fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_skip_catches_truncated_images_in_training_and_predict(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "d", {"a": 3, "b": 3})
+    _truncated_jpeg(root / "a" / "cut.jpg")
+    dm = _dm(root=str(root), val_fraction=0.0, test_fraction=0.0, batch_size=16, on_bad_image="skip")
+    x, _ = next(iter(dm.train_dataloader()))
+    assert x.shape[0] == 6 and dm.num_skipped == 1
+    assert dm.skipped_files["root"] == [str(root / "a" / "cut.jpg")]
+
+    _write(tmp_path / "p" / "ok.png")
+    _truncated_jpeg(tmp_path / "p" / "cut.jpg")
+    pred = _dm(predict_dir=str(tmp_path / "p"), model_labels=["a", "b"], on_bad_image="skip")
+    batches = list(pred.predict_dataloader())
+    assert pred.predict_ids == ["ok.png"] and batches[0].shape[0] == 1

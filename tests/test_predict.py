@@ -40,6 +40,7 @@ def test_image_folder_predictions(image_checkpoint: tuple[Path, TransferClassifi
         Image.new("RGB", (48, 40), (40 * i, 90, 200)).save(images / f"{i}.png")
     Image.new("RGB", (40, 40), (1, 2, 3)).save(images / "sub" / "x.jpg")
     (images / "notes.txt").write_text("not an image")
+    (images / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble sidecar")  # ignored, as by the data modules
     out = tmp_path / "preds.csv"
     main([f"ckpt_path={ckpt}", f"input={images}", f"output={out}", "batch_size=2", "image_size=32"])
     rows = list(csv.DictReader(out.open()))
@@ -88,6 +89,12 @@ def test_bad_arguments_are_named(tmp_path: Path, capsys: pytest.CaptureFixture) 
         parse_args(["ckpt_pth=x", "input=y"])
     with pytest.raises(ConfigurationError, match="missing required"):
         parse_args(["input=y"])
+    with pytest.raises(ConfigurationError, match="batch_size must be >= 1, got 0"):
+        parse_args(["ckpt_path=x", "input=y", "batch_size=0"])
+    with pytest.raises(ConfigurationError, match="threshold must be a number in \\[0, 1\\], got 'high'"):
+        parse_args(["ckpt_path=x", "input=y", "threshold=high"])
+    with pytest.raises(ConfigurationError, match="threshold must be in \\[0, 1\\], got 1.5"):
+        parse_args(["ckpt_path=x", "input=y", "threshold=1.5"])
     cfg = parse_args(["--ckpt_path", "a.ckpt", "input=b", "batch_size=4", "max_length=null"])
     assert (cfg.ckpt_path, cfg.input, cfg.batch_size, cfg.max_length) == ("a.ckpt", "b", 4, None)
     with pytest.raises(SystemExit) as info:

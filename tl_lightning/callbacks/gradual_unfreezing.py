@@ -407,6 +407,15 @@ class GradualUnfreezing(Callback):
             self._hook_handles.append(opt.register_step_pre_hook(self._warmup_pre))
             self._hook_handles.append(opt.register_step_post_hook(self._warmup_post))
 
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A second fit() with a new Trainer restarts global_step at 0 while this callback keeps its
+        # progress: groups unfrozen in the earlier fit have finished their warm-up (runs resumed
+        # from a checkpoint restore global_step first, so they are not affected).
+        for name, start in self._unfreeze_step.items():
+            if start > trainer.global_step:
+                self._unfreeze_step[name] = trainer.global_step - self.warmup_steps
+
     def warmup_factor(self, name: str, step: int) -> float:
         """LR factor of group ``name`` at optimizer step ``step`` (global_step before the step)."""
         start = self._unfreeze_step.get(name)

@@ -30,11 +30,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from tl_lightning.data.image_folder import IMAGE_EXTENSIONS, _is_image
+from tl_lightning.data.text import read_table
 from tl_lightning.errors import ConfigurationError, DataError, TLError, did_you_mean
 
 __all__ = ["PredictConfig", "main", "predict", "IMAGE_EXTENSIONS"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 @dataclass
@@ -65,27 +66,13 @@ def _run_config(ckpt_path: Path) -> dict[str, Any]:
     return {k: data.get(k) for k in ("text_column", "max_length", "image_size") if k in data}
 
 
-def _read_table(path: Path) -> Any:
-    import pandas as pd
-
-    suffixes = "".join(path.suffixes).lower()
-    try:
-        if ".jsonl" in suffixes:
-            return pd.read_json(path, lines=True)
-        if ".tsv" in suffixes:
-            return pd.read_csv(path, sep="\t")
-        return pd.read_csv(path)
-    except Exception as err:  # pandas raises many types; all mean "unreadable input"
-        raise DataError(f"cannot read {str(path)!r} as a table: {err}") from err
-
-
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
 def _text_inputs(cfg: PredictConfig, model: Any) -> tuple[list[str], Iterator[Any]]:
-    table = _read_table(Path(cfg.input))
+    table = read_table(Path(cfg.input))
     column = cfg.text_column or "text"
     if column not in table.columns:
         raise DataError(
@@ -109,7 +96,7 @@ def _image_inputs(cfg: PredictConfig, model: Any) -> tuple[list[str], Iterator[A
     from PIL import Image
 
     root = Path(cfg.input)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(p for p in root.rglob("*") if _is_image(p))
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {str(root)!r}")
     preprocess = model.backbone.preprocess
@@ -225,9 +212,16 @@ def parse_args(argv: Sequence[str]) -> PredictConfig:
             except ValueError:
                 raise ConfigurationError(f"{key} must be an integer, got {value!r}") from None
         elif key == "threshold":
-            converted[key] = float(value)
+            try:
+                converted[key] = float(value)
+            except ValueError:
+                raise ConfigurationError(f"threshold must be a number in [0, 1], got {value!r}") from None
         else:
             converted[key] = value
+    if converted.get("batch_size") is not None and converted["batch_size"] < 1:
+        raise ConfigurationError(f"batch_size must be >= 1, got {converted['batch_size']}")
+    if converted.get("threshold") is not None and not 0.0 <= converted["threshold"] <= 1.0:
+        raise ConfigurationError(f"threshold must be in [0, 1], got {converted['threshold']}")
     return PredictConfig(**converted)
 
 

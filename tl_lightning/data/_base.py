@@ -22,7 +22,8 @@ def sort_labels(labels: Sequence[str]) -> list[str]:
     """Sorted unique label names; numerically when every name is an integer (``"2" < "10"``)."""
     unique = {str(label) for label in labels}
     if unique and all(_is_int(label) for label in unique):
-        return sorted(unique, key=int)
+        # ties ("1" / "01") broken by the string itself, so the order never depends on set order
+        return sorted(unique, key=lambda label: (int(label), label))
     return sorted(unique)
 
 

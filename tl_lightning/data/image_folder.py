@@ -119,7 +119,8 @@ class ImageFolderDataModule(ClassificationDataModule):
         image_size: Override the backbone's input size (e.g. 32-64 px for fast runs).
         augment: Random resized crop and horizontal flip on training images.
         on_bad_image: ``"error"`` raises a :class:`DataError` naming an unreadable file;
-            ``"skip"`` drops such files and logs how many were dropped.
+            ``"skip"`` decodes every image once when the splits are built, drops the unreadable
+            ones and logs how many were dropped (listed in :attr:`skipped_files`).
         batch_size: Batch size of every loader.
         num_workers: DataLoader workers.
         seed: Seed of the splits.
@@ -230,8 +231,8 @@ class ImageFolderDataModule(ClassificationDataModule):
         kept, bad = [], []
         for f in files:
             try:
-                with Image.open(f) as img:
-                    img.verify()
+                # a full decode: verify() only checks headers and lets truncated files through
+                _read_image(f)
                 kept.append(f)
             except _READ_ERRORS:
                 bad.append(f)
@@ -277,6 +278,7 @@ class ImageFolderDataModule(ClassificationDataModule):
             if not files:
                 raise DataError(f"predict folder {str(root)!r} holds no images with extensions {list(IMAGE_EXTENSIONS)}")
             self.predict_ids = [str(f.relative_to(root)) for f in files]
+            # unreadable files were dropped above, so predict_ids stay aligned with the outputs
             return {"predict": _ImageDataset([(f, None) for f in files], eval_t, skip_bad=False)}
         _ = self.labels  # raises on labels the model does not know
         folders = self._scan()
