@@ -209,3 +209,21 @@ def test_second_fit_with_a_new_trainer_keeps_warmup_factors_positive(tmp_path):
 
     trainer(tmp_path, [LayerwiseLRDecay(1.0, groups="model"), cb, Probe()], max_epochs=1).fit(model)
     assert factors and all(0.0 < f <= 1.0 for f in factors), factors
+
+
+def test_layer_decay_gives_configure_optimizers_back_after_a_crash(tmp_path):
+    class Crash(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            raise RuntimeError("boom")
+
+    cb = LayerwiseLRDecay(0.5, groups="model")
+    crashed = BoringFT()
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer(tmp_path, [cb, Crash()]).fit(crashed)
+    assert "configure_optimizers" not in vars(crashed), "the wrapper must not outlive the fit"
+
+    other = BoringFT()
+    recorder = Recorder()
+    trainer(tmp_path, [cb, recorder], max_epochs=1).fit(other)
+    names = set(recorder.lrs[0])
+    assert {"stem", "block3"} <= names, names  # the new module's optimizer was re-partitioned

@@ -142,8 +142,12 @@ class LayerwiseLRDecay(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or self._wrapped is not None:
+        if stage != "fit":
             return
+        if self._wrapped is not None:
+            if self._wrapped[0] is pl_module:
+                return
+            self._unwrap()  # left over from a fit of another module that raised before teardown
         original: Callable[[], Any] = pl_module.configure_optimizers
         had_instance_attr = "configure_optimizers" in vars(pl_module)
 
@@ -158,7 +162,16 @@ class LayerwiseLRDecay(Callback):
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or self._wrapped is None:
+        if stage == "fit":
+            self._unwrap()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._unwrap()
+
+    def _unwrap(self) -> None:
+        """Give the module its own ``configure_optimizers`` back."""
+        if self._wrapped is None:
             return
         module, previous = self._wrapped
         if previous is None:
