@@ -23,15 +23,18 @@ def timed(step: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def alternate(
-    a: Callable[[], None], b: Callable[[], None], rounds: int, device: torch.device
-) -> tuple[list[float], list[float]]:
-    """One warm-up call each, then ``rounds`` rounds of one timed call of ``a`` and one of ``b``."""
-    a(), b()
-    times_a: list[float] = []
-    times_b: list[float] = []
+def alternate(*steps: Callable[[], None], rounds: int, device: torch.device) -> list[list[float]]:
+    """One warm-up call each, then ``rounds`` rounds of one timed call of every step.
+
+    The order rotates from round to round, so no variant always runs first (or right after the
+    same neighbour). Returns one list of seconds per step.
+    """
+    for step in steps:
+        step()
+    times: list[list[float]] = [[] for _ in steps]
+    order = list(range(len(steps)))
     for r in range(rounds):
-        pair = [(times_a, a), (times_b, b)]
-        for times, step in pair if r % 2 == 0 else pair[::-1]:
-            times.append(timed(step, device))
-    return times_a, times_b
+        rotated = order[r % len(order) :] + order[: r % len(order)]
+        for i in rotated:
+            times[i].append(timed(steps[i], device))
+    return times

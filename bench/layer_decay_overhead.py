@@ -67,7 +67,7 @@ def main() -> None:
     print(f"torch {torch.__version__} device={dev} model={args.model} param groups: two={len(two.param_groups)} "
           f"layerwise={len(lw.param_groups)} ({[g['name'] for g in lw.param_groups]})")
     step_two, step_lw = make_step(model, two, x, y), make_step(model, lw, x, y)
-    t_two, t_lw = alternate(step_two, step_lw, args.rounds, dev)
+    t_two, t_lw = alternate(step_two, step_lw, rounds=args.rounds, device=dev)
     ratios = [b / a for a, b in zip(t_two, t_lw)]
     print(f"two groups: median {statistics.median(t_two) * 1e3:.1f} ms/step; "
           f"layerwise: median {statistics.median(t_lw) * 1e3:.1f} ms/step (threads={torch.get_num_threads()})")
