@@ -19,7 +19,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
 from torch import Tensor, nn
 
 from tl_lightning.errors import LayerGroupError
@@ -319,14 +318,3 @@ def module_groups_from_param_groups(
         for g, pns in named_groups
         if pns
     ]
-
-
-def count_params(module: nn.Module, trainable_only: bool = False) -> int:
-    """Number of scalar parameters (only those with ``requires_grad`` when ``trainable_only``)."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    for p in module.parameters():
-        return p.device
-    return torch.device("cpu")
