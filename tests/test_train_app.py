@@ -200,6 +200,23 @@ def test_cli_optuna_sweep_returns_the_metric(image_root: Path, tmp_path: Path) -
     assert len([p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.isdigit()]) == 2
 
 
+@pytest.mark.slow
+def test_cli_user_config_dir_adds_an_experiment(image_root: Path, tmp_path: Path) -> None:
+    """`--config-dir` puts a user's folder on top of the shipped configs: new options, shipped groups intact."""
+    user = tmp_path / "my_configs" / "experiment"
+    user.mkdir(parents=True)
+    (user / "pets.yaml").write_text(
+        "# @package _global_\n"
+        "defaults:\n  - override /backbone: timm_test_resnet\n  - override /finetune: top_n\n"
+        f"task_name: pets\ndata:\n  root: {image_root}\n  image_size: 32\n  batch_size: 4\n"
+    )
+    result = run_cli(["--config-dir", str(tmp_path / "my_configs"), "experiment=pets", "trainer.fast_dev_run=true",
+                      "hydra.run.dir=run"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tl-train summary: pets" in result.stdout
+    assert json.loads((tmp_path / "run" / "labels.json").read_text()) == ["blue", "green", "red"]
+
+
 def test_cli_help_lists_groups(tmp_path: Path) -> None:
     result = run_cli(["--help"], tmp_path)
     assert result.returncode == 0, result.stderr
