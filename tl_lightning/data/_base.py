@@ -10,6 +10,7 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from tl_lightning._plain import to_plain
 from tl_lightning.backbones._base import ImagePreprocess, PreprocessConfig, TextPreprocess
 from tl_lightning.errors import ConfigurationError, DataError
 
@@ -119,11 +120,8 @@ class ClassificationDataModule(LightningDataModule):
     def _plain_hparams(self) -> None:
         """Turn OmegaConf containers (Hydra passes lists as ``ListConfig``) in ``hparams`` into plain
         Python, so checkpoints holding the datamodule's hparams load with ``weights_only=True``."""
-        from omegaconf import Container, OmegaConf
-
         for key, value in list(self.hparams.items()):
-            if isinstance(value, Container):
-                self.hparams[key] = OmegaConf.to_container(value, resolve=True)
+            self.hparams[key] = to_plain(value)
 
     # -- labels ----------------------------------------------------------------------------
     def _data_labels(self) -> list[str]:
@@ -259,13 +257,7 @@ class ClassificationDataModule(LightningDataModule):
 def _plain_list(values: Sequence[str] | None) -> list[str] | None:
     if values is None:
         return None
-    try:
-        from omegaconf import Container, OmegaConf
-
-        if isinstance(values, Container):
-            values = OmegaConf.to_container(values, resolve=True)  # type: ignore[assignment]
-    except ImportError:  # pragma: no cover
-        pass
+    values = to_plain(values)
     if isinstance(values, str):
         raise ConfigurationError(f"expected a list of label names, got the string {values!r}")
     return [str(v) for v in values]  # type: ignore[union-attr]

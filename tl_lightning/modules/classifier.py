@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
+from tl_lightning._plain import to_plain
 from tl_lightning.backbones import Backbone, ImagePreprocess, LayerGroup, create_backbone
 from tl_lightning.callbacks._freezing import no_grad_if_frozen
 from tl_lightning.errors import ConfigurationError
@@ -29,17 +30,6 @@ _TASKS = ("multiclass", "multilabel")
 _INTERVALS = ("step", "epoch")
 # Keys this module writes into Lightning checkpoints next to the state dict.
 CHECKPOINT_KEY = "tl_lightning"
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers (what Hydra passes for nested config) -> plain Python, for YAML and weights-only loads."""
-    try:
-        from omegaconf import Container, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        return value
-    if isinstance(value, Container):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 def _resolve_labels(num_classes: int | None, labels: Sequence[str] | None) -> list[str]:
@@ -139,9 +129,9 @@ class TransferClassifier(LightningModule):
         channels_last: bool = True,
     ) -> None:
         super().__init__()
-        labels = _plain(labels)
-        backbone_kwargs = dict(_plain(backbone_kwargs) or {})
-        head_hidden = tuple(_plain(head_hidden) or ())
+        labels = to_plain(labels)
+        backbone_kwargs = dict(to_plain(backbone_kwargs) or {})
+        head_hidden = tuple(to_plain(head_hidden) or ())
         if task not in _TASKS:
             raise ConfigurationError(f"task must be one of {list(_TASKS)}, got {task!r}")
         if scheduler_interval not in _INTERVALS:
@@ -152,7 +142,7 @@ class TransferClassifier(LightningModule):
             raise ConfigurationError(f"layer_decay must be in (0, 1] (1.0 disables it), got {layer_decay!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigurationError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
-        optimizer, scheduler = _plain(optimizer), _plain(scheduler)
+        optimizer, scheduler = to_plain(optimizer), to_plain(scheduler)
         for name, fn in (("optimizer", optimizer), ("scheduler", scheduler)):
             if fn is not None and not callable(fn) and not (isinstance(fn, Mapping) and "_target_" in fn):
                 raise ConfigurationError(
