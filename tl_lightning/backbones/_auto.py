@@ -175,12 +175,16 @@ def param_groups_by_children(module: nn.Module) -> NamedParamGroups:
 
 def _groups_relative(module: nn.Module) -> list[LayerGroup]:
     """Groups with names relative to ``module`` (no prefix), not yet checked."""
+    recognized = _recognized_groups(module)
+    return recognized if recognized is not None else _children_groups(module)
+
+
+def _recognized_groups(module: nn.Module) -> list[LayerGroup] | None:
+    """The groups of a tl Backbone or a known model family; ``None`` for any other module."""
     if isinstance(module, Backbone):
         return list(module.layer_groups())
     family = _family_param_groups(module)
-    if family is not None:
-        return module_groups_from_param_groups(module, family)
-    return _children_groups(module)
+    return module_groups_from_param_groups(module, family) if family is not None else None
 
 
 def _family_param_groups(module: nn.Module) -> NamedParamGroups | None:
@@ -207,10 +211,6 @@ def _is_hf_model(module: nn.Module) -> bool:
     return isinstance(module, PreTrainedModel)
 
 
-def _is_recognized(module: nn.Module) -> bool:
-    return isinstance(module, Backbone) or _family_param_groups(module) is not None
-
-
 def _children_groups(module: nn.Module) -> list[LayerGroup]:
     """Fallback grouping; recognized children are grouped by their own family."""
     params = dict(module.named_parameters())
@@ -218,11 +218,12 @@ def _children_groups(module: nn.Module) -> list[LayerGroup]:
     pending: NamedParamGroups = []
     for gname, pnames in param_groups_by_children(module):
         child = module._modules.get(gname)
-        if child is not None and _is_recognized(child):
+        child_groups = _recognized_groups(child) if child is not None else None
+        if child_groups is not None:
             if pending:
                 groups.extend(module_groups_from_param_groups(module, pending))
                 pending = []
-            for g in _groups_relative(child):
+            for g in child_groups:
                 groups.append(
                     LayerGroup(
                         g.name,
