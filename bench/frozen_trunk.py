@@ -3,7 +3,7 @@
 naive:    trunk parameters requires_grad=False, whole model in train mode (BatchNorm computes
           batch statistics and updates its running statistics), trunk called normally.
 ours:     what GradualUnfreezing + TransferClassifier do: trunk frozen, its BatchNorm in eval
-          mode, the trunk call wrapped in tl_lightning.callbacks.no_grad_if_frozen; same memory
+          mode, the trunk call wrapped in tl_lightning.freezing.no_grad_if_frozen; same memory
           layout as naive, so this ratio is what freezing correctly buys.
 ours+cl:  the same in channels_last memory format (TransferClassifier's default for image
           backbones); this ratio is what a user of the library gets over the naive loop.
@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from _side_by_side import alternate
-from tl_lightning.callbacks import no_grad_if_frozen
-from tl_lightning.callbacks._freezing import set_norm_eval
+from tl_lightning.freezing import no_grad_if_frozen
+from tl_lightning.freezing import set_norm_eval
 
 
 def make_step(trunk: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor, ours: bool, dtype):

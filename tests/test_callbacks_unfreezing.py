@@ -9,7 +9,8 @@ import torchvision
 from test_callbacks_models import GROUPS, BoringFT, Recorder, group_params, trainer
 from torch import nn
 
-from tl_lightning.callbacks import GradualUnfreezing, LayerwiseLRDecay, no_grad_if_frozen
+from tl_lightning.callbacks import GradualUnfreezing, LayerwiseLRDecay
+from tl_lightning.freezing import no_grad_if_frozen
 from tl_lightning.errors import ConfigurationError, UnknownNameError
 
 

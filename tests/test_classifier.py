@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from tl_lightning import ImageFolderDataModule, TransferClassifier
-from tl_lightning.errors import ConfigurationError
+from tl_lightning.errors import CheckpointError, ConfigurationError
 from tl_lightning.optim import NO_DECAY_SUFFIX, slanted_triangular, warmup_cosine
 
 BACKBONE = "timm:test_resnet"
@@ -225,7 +225,7 @@ def test_checkpoint_label_mismatch_is_an_error(tmp_path: Path) -> None:
     ckpt = tmp_path / "m.ckpt"
     trainer.save_checkpoint(ckpt)
     other = _model(labels=["a", "b", "z"])
-    with pytest.raises(ConfigurationError, match="labels"):
+    with pytest.raises(CheckpointError, match="labels"):
         other.on_load_checkpoint(torch.load(ckpt, weights_only=True))
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from tl_lightning.backbones import create_backbone, load_weights
 from tl_lightning.backbones.key_maps import efficientnet_lite_to_timm
+from tl_lightning.data import image_eval_transform
 
 pytestmark = pytest.mark.assets
 
@@ -43,7 +44,7 @@ def test_efficientnet_lite0_loads_strictly_and_sees_espresso(lite0_file: str) ->
     for (name, p), (_, q) in zip(bb.model.named_parameters(), net.named_parameters()):
         torch.testing.assert_close(p, q, msg=name)
 
-    x = bb.preprocess.eval_transform()(Image.fromarray(skimage_data.coffee())).unsqueeze(0)
+    x = image_eval_transform(bb.preprocess)(Image.fromarray(skimage_data.coffee())).unsqueeze(0)
     bb.eval()
     with torch.no_grad():
         probs = net(x).softmax(-1)[0]

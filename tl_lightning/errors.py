@@ -18,6 +18,8 @@ __all__ = [
     "WeightsUnavailableError",
     "LayerGroupError",
     "DataError",
+    "CheckpointError",
+    "NonFiniteError",
     "closest_matches",
 ]
 
@@ -30,7 +32,7 @@ class ConfigurationError(TLError, ValueError):
     """An argument or config value is invalid (out of range, wrong type, inconsistent)."""
 
 
-class UnknownNameError(TLError, ValueError):
+class UnknownNameError(ConfigurationError):
     """A name (backbone, layer group, column, option) is not one of the known choices."""
 
 
@@ -44,6 +46,14 @@ class LayerGroupError(TLError, ValueError):
 
 class DataError(TLError, ValueError):
     """Input data is unusable: unreadable file, missing column, empty class, unknown label."""
+
+
+class CheckpointError(TLError, ValueError):
+    """A checkpoint is missing, truncated, not a Lightning checkpoint, or does not fit the model."""
+
+
+class NonFiniteError(TLError, FloatingPointError):
+    """Training produced a NaN / inf loss or weights (the step and batch are named)."""
 
 
 def closest_matches(name: str, choices: Iterable[str], n: int = 5) -> list[str]:

@@ -105,18 +105,6 @@ class ImagePreprocess:
             crop_pct=self.crop_pct,
         )
 
-    def eval_transform(self) -> Any:
-        """torchvision transform for validation / test / predict: resize, center-crop, normalize."""
-        from tl_lightning.data._transforms import image_eval_transform
-
-        return image_eval_transform(self)
-
-    def train_transform(self, augment: bool = True) -> Any:
-        """torchvision transform for training: random resized crop and flip when ``augment``."""
-        from tl_lightning.data._transforms import image_train_transform
-
-        return image_train_transform(self, augment=augment)
-
 
 @dataclass(frozen=True)
 class TextPreprocess:
@@ -196,6 +184,17 @@ class Backbone(nn.Module):
 
     def forward(self, x: Any) -> Tensor:
         return self.forward_features(x)
+
+    def rebuild_spec(self) -> dict[str, Any] | None:
+        """What a checkpoint must carry to rebuild this backbone's architecture with no network.
+
+        ``None`` (the default) when the registry name alone rebuilds it (timm, torchvision: the
+        architecture is code). Adapters whose architecture lives in files (Hugging Face config,
+        tokenizer, image processor) return ``{"files": {name: bytes}, "name": "hf:{folder}",
+        "kwargs": {...}}``: ``load_from_checkpoint`` writes the files to a folder and builds
+        ``name.format(folder=...)`` with ``kwargs`` and ``pretrained=False``.
+        """
+        return None
 
     def _finalize(self) -> None:
         """Check the contract right after construction (call at the end of ``__init__``)."""

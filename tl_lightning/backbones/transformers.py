@@ -171,6 +171,7 @@ class HFBackbone(Backbone):
 
         src = weights_dir or source
         proc = _load("image processor", src, local_source, lambda: AutoImageProcessor.from_pretrained(src))
+        self._image_processor = proc
         size = _size_of(getattr(proc, "size", None))
         crop = _size_of(getattr(proc, "crop_size", None)) if getattr(proc, "do_center_crop", False) else None
         if size is None:
@@ -188,6 +189,24 @@ class HFBackbone(Backbone):
             interpolation=interp,  # type: ignore[arg-type]
             crop_pct=(crop / size) if crop else 1.0,
         )
+
+    def rebuild_spec(self) -> dict[str, Any]:
+        """Config and tokenizer / image processor files, so a checkpoint rebuilds this backbone offline."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.config.save_pretrained(tmp)
+            if self.modality == "text":
+                self.preprocess.tokenizer.save_pretrained(tmp)
+            else:
+                self._image_processor.save_pretrained(tmp)
+            files = {
+                str(p.relative_to(tmp)): p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()
+            }
+        kwargs: dict[str, Any] = {"pooling": self.pooling}
+        if self.modality == "text":
+            kwargs["max_length"] = int(self.preprocess.max_length)
+        return {"files": files, "name": "hf:{folder}", "kwargs": kwargs}
 
     def _build_layer_groups(self) -> list[LayerGroup]:
         named = hf_param_groups(self.model)

@@ -6,9 +6,8 @@ Example:
     ...              GradualUnfreezing(groups="model", unfreeze_every=1, warmup_steps=50)]
 """
 
-from tl_lightning.callbacks._freezing import no_grad_if_frozen
 from tl_lightning.callbacks.gradual_unfreezing import GradualUnfreezing
 from tl_lightning.callbacks.layer_decay import LayerwiseLRDecay
 from tl_lightning.optim._repartition import apply_layerwise_lr_decay
 
-__all__ = ["GradualUnfreezing", "LayerwiseLRDecay", "apply_layerwise_lr_decay", "no_grad_if_frozen"]
+__all__ = ["GradualUnfreezing", "LayerwiseLRDecay", "apply_layerwise_lr_decay"]

@@ -24,7 +24,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from tl_lightning.callbacks._ddp import OutsideReducerSync, ddp_module
-from tl_lightning.callbacks._freezing import frozen_norm_modules, set_norm_eval, set_requires_grad
+from tl_lightning.freezing import frozen_norm_modules, set_norm_eval, set_requires_grad
 from tl_lightning.callbacks._targets import FineTuneTargets, GroupsSpec, HeadSpec, resolve_targets
 from tl_lightning.errors import ConfigurationError, UnknownNameError, did_you_mean
 

@@ -102,7 +102,9 @@ def _image_inputs(cfg: PredictConfig, model: Any) -> tuple[list[str], Iterator[A
     preprocess = model.backbone.preprocess
     if cfg.image_size:
         preprocess = preprocess.with_size(int(cfg.image_size))
-    transform = preprocess.eval_transform()
+    from tl_lightning.data import image_eval_transform
+
+    transform = image_eval_transform(preprocess)
     channels = preprocess.input_size[0]
 
     def load(path: Path) -> Any:

@@ -13,6 +13,7 @@ from typing_extensions import override
 
 from tl_lightning.backbones._base import ImagePreprocess
 from tl_lightning.data._base import ClassificationDataModule, stratified_split
+from tl_lightning.data._transforms import image_eval_transform, image_train_transform
 from tl_lightning.errors import ConfigurationError, DataError
 
 __all__ = ["ImageFolderDataModule", "IMAGE_EXTENSIONS"]
@@ -267,7 +268,7 @@ class ImageFolderDataModule(ClassificationDataModule):
     def _build(self, stage: str) -> dict[str, Dataset]:
         p = self._effective_preprocess()
         skip = self.on_bad_image == "skip"
-        eval_t, train_t = p.eval_transform(), p.train_transform(self.augment)
+        eval_t, train_t = image_eval_transform(p), image_train_transform(p, self.augment)
         if stage == "predict":
             if self.predict_dir is None:
                 raise DataError("no predict_dir given: pass predict_dir=<folder of images> to predict")

@@ -15,11 +15,18 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
+from tl_lightning._checks import check_choice, check_number
 from tl_lightning._plain import to_plain
-from tl_lightning.backbones import Backbone, ImagePreprocess, LayerGroup, create_backbone
-from tl_lightning.callbacks._freezing import no_grad_if_frozen
-from tl_lightning.errors import ConfigurationError
+from tl_lightning.backbones import Backbone, ImagePreprocess, LayerGroup, PreprocessConfig, create_backbone
+from tl_lightning.errors import CheckpointError, ConfigurationError, NonFiniteError
+from tl_lightning.freezing import no_grad_if_frozen
 from tl_lightning.heads import create_head
+from tl_lightning.modules._checkpoint import (
+    materialize_files,
+    preprocess_from_dict,
+    preprocess_to_dict,
+    read_checkpoint,
+)
 from tl_lightning.modules._partials import partial_to_spec, spec_to_partial
 from tl_lightning.optim import layerwise_param_groups
 from tl_lightning.optim.schedulers import build_scheduler
@@ -28,6 +35,7 @@ __all__ = ["TransferClassifier"]
 
 _TASKS = ("multiclass", "multilabel")
 _INTERVALS = ("step", "epoch")
+_NONFINITE = ("error", "skip")
 # Keys this module writes into Lightning checkpoints next to the state dict.
 CHECKPOINT_KEY = "tl_lightning"
 
@@ -95,6 +103,18 @@ class TransferClassifier(LightningModule):
             ResNet-50 forward and 1.25x for a full fine-tuning step on a 2-core CPU (BENCHMARKS.md).
             Ignored for text backbones. Set ``False`` for a strategy that needs contiguous
             parameters.
+        nonfinite: What a NaN / inf training loss does: ``"error"`` (default) stops the run with a
+            :class:`~tl_lightning.errors.NonFiniteError` naming the step and batch, before the
+            weights are touched; ``"skip"`` skips that optimizer step with a warning (counted in
+            :attr:`skipped_steps`). Under DDP the ranks agree: a bad loss on any rank skips the
+            step everywhere.
+
+    The model's input preprocessing (:attr:`preprocess`) starts as the backbone's and follows
+    the data module it is trained with (``data.max_length=32``, ``data.image_size=64``); it is
+    stored in every checkpoint, together with the data settings that shape inputs and, for
+    Hugging Face backbones, the config and tokenizer, so ``load_from_checkpoint`` rebuilds the
+    same model on a machine without network or the original folder. A loaded model is in eval
+    mode: it predicts deterministically.
 
     Example:
         >>> import torch
@@ -127,21 +147,22 @@ class TransferClassifier(LightningModule):
         scheduler_interval: Literal["step", "epoch"] = "step",
         scheduler_monitor: str = "val/loss",
         channels_last: bool = True,
+        nonfinite: Literal["error", "skip"] = "error",
     ) -> None:
         super().__init__()
         labels = to_plain(labels)
         backbone_kwargs = dict(to_plain(backbone_kwargs) or {})
         head_hidden = tuple(to_plain(head_hidden) or ())
-        if task not in _TASKS:
-            raise ConfigurationError(f"task must be one of {list(_TASKS)}, got {task!r}")
-        if scheduler_interval not in _INTERVALS:
-            raise ConfigurationError(f"scheduler_interval must be one of {list(_INTERVALS)}, got {scheduler_interval!r}")
-        if lr <= 0:
-            raise ConfigurationError(f"lr must be > 0, got {lr!r}")
-        if not 0.0 < layer_decay <= 1.0:
-            raise ConfigurationError(f"layer_decay must be in (0, 1] (1.0 disables it), got {layer_decay!r}")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ConfigurationError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        check_choice("task", task, _TASKS)
+        check_choice("scheduler_interval", scheduler_interval, _INTERVALS)
+        check_choice("nonfinite", nonfinite, _NONFINITE)
+        check_number("lr", lr, low=0.0, low_open=True)
+        if head_lr is not None:
+            check_number("head_lr", head_lr, low=0.0, low_open=True)
+        check_number("layer_decay", layer_decay, low=0.0, high=1.0, low_open=True, hint="1.0 disables it")
+        check_number("weight_decay", weight_decay, low=0.0)
+        check_number("label_smoothing", label_smoothing, low=0.0, high=1.0, high_open=True)
+        check_number("head_dropout", head_dropout, low=0.0, high=1.0, high_open=True)
         optimizer, scheduler = to_plain(optimizer), to_plain(scheduler)
         for name, fn in (("optimizer", optimizer), ("scheduler", scheduler)):
             if fn is not None and not callable(fn) and not (isinstance(fn, Mapping) and "_target_" in fn):
@@ -173,6 +194,12 @@ class TransferClassifier(LightningModule):
         self.task = task
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        #: optimizer steps skipped for a non-finite loss (``nonfinite="skip"``)
+        self.skipped_steps = 0
+        self._preprocess: PreprocessConfig | None = None
+        #: data settings that shape the inputs (``text_column``, ``max_length``, ...), recorded
+        #: from the data module at fit time and kept in checkpoints for ``tl-predict``
+        self.data_settings: dict[str, Any] = {}
 
         self.backbone: Backbone = create_backbone(backbone, pretrained=pretrained, weights=weights, **backbone_kwargs)
         self._channels_last = bool(channels_last) and isinstance(self.backbone.preprocess, ImagePreprocess)
@@ -203,6 +230,38 @@ class TransferClassifier(LightningModule):
     def layer_groups(self) -> list[LayerGroup]:
         """The backbone's layer groups, input -> output (what unfreezing / LR callbacks act on)."""
         return self.backbone.layer_groups()
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        """The input preprocessing this model is trained / predicts with (the backbone's by default)."""
+        return self._preprocess if self._preprocess is not None else self.backbone.preprocess
+
+    def set_preprocess(self, preprocess: PreprocessConfig, data_settings: Mapping[str, Any] | None = None) -> None:
+        """Record the preprocessing (and data settings) the model is trained with; kept in checkpoints.
+
+        Args:
+            preprocess: An :class:`~tl_lightning.backbones.ImagePreprocess` or
+                :class:`~tl_lightning.backbones.TextPreprocess` of the backbone's modality.
+            data_settings: Plain settings that shape inputs (``{"text_column": "review"}``).
+        """
+        if preprocess.modality != self.backbone.preprocess.modality:
+            raise ConfigurationError(
+                f"{self.hparams.backbone!r} takes {self.backbone.preprocess.modality} inputs, got a "
+                f"{preprocess.modality} preprocess; use data for this backbone's modality"
+            )
+        self._preprocess = preprocess
+        if data_settings is not None:
+            self.data_settings = dict(to_plain(dict(data_settings)))
+
+    @override
+    def setup(self, stage: str) -> None:
+        # follow the data module's effective preprocessing (its max_length / image_size overrides)
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        effective = getattr(datamodule, "effective_preprocess", None)
+        if stage == "fit" and callable(effective) and getattr(datamodule, "preprocess", None) is not None:
+            settings = getattr(datamodule, "input_settings", None)
+            self.set_preprocess(effective(), settings() if callable(settings) else None)
 
     @override
     def forward(self, x: Tensor | Mapping[str, Tensor]) -> Tensor:
@@ -243,8 +302,31 @@ class TransferClassifier(LightningModule):
         return loss
 
     @override
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        loss = self._shared_step(batch, "train")
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            return loss
+        step = trainer.global_step if trainer is not None else None
+        epoch = trainer.current_epoch if trainer is not None else None
+        where = f"optimizer step {step} (epoch {epoch}, batch {batch_idx})"
+        if self.hparams.nonfinite == "skip":
+            self.skipped_steps += 1
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn(
+                f"non-finite training loss ({loss.detach().float().item()}) at {where}: step skipped "
+                f"({self.skipped_steps} so far; model.nonfinite=skip)"
+            )
+            return None
+        raise NonFiniteError(
+            f"the training loss is {loss.detach().float().item()} at {where}; the weights were not updated. "
+            "Fix: lower the learning rate (model.lr), check that batch for NaN / inf inputs, or set "
+            "model.nonfinite=skip to skip such steps"
+        )
 
     @override
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -258,7 +340,8 @@ class TransferClassifier(LightningModule):
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """Class probabilities ``(batch, num_classes)`` (softmax, or sigmoid for multilabel)."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        logits = self(x)
+        with torch.no_grad():
+            logits = self(x)
         return logits.softmax(-1) if self.task == "multiclass" else logits.sigmoid()
 
     def param_groups(self) -> list[dict]:
@@ -316,7 +399,11 @@ class TransferClassifier(LightningModule):
             "labels": list(self.labels),
             "task": self.task,
             "backbone": self.hparams.backbone,
+            "modality": self.backbone.preprocess.modality,
             "pretrained_source": self.backbone.pretrained_source,
+            "preprocess": preprocess_to_dict(self.preprocess),
+            "data": dict(self.data_settings),
+            "backbone_rebuild": self.backbone.rebuild_spec(),
             "optimizer": repr(self.optimizer_factory) if self.optimizer_factory is not None else None,
             "scheduler": repr(self.scheduler_factory) if self.scheduler_factory is not None else None,
         }
@@ -324,12 +411,80 @@ class TransferClassifier(LightningModule):
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get(CHECKPOINT_KEY, {})
+        modality = saved.get("modality")
+        mine = self.backbone.preprocess.modality
+        if modality is not None and modality != mine:
+            raise CheckpointError(
+                f"the checkpoint holds a {modality} model ({saved.get('backbone')!r}) but this run builds a "
+                f"{mine} model ({self.hparams.backbone!r}); resume with the checkpoint's backbone and data, or "
+                "start a new run without ckpt_path"
+            )
+        self._check_shapes(checkpoint, saved)
         labels = saved.get("labels")
         if labels is not None and list(labels) != self.labels:
-            raise ConfigurationError(
+            raise CheckpointError(
                 f"checkpoint was trained with labels {list(labels)} but this model has {self.labels}; "
                 "build the model with the checkpoint's labels (TransferClassifier.load_from_checkpoint does)"
             )
+        if saved.get("preprocess"):
+            self._preprocess = preprocess_from_dict(saved["preprocess"], self.backbone.preprocess)
+        self.data_settings = dict(saved.get("data") or {})
+
+    def _check_shapes(self, checkpoint: dict[str, Any], saved: dict[str, Any]) -> None:
+        """A checkpoint of another architecture is named as such, not as a list of key errors."""
+        state = checkpoint.get("state_dict") or {}
+        own = self.state_dict()
+        missing = [k for k in own if k.startswith("backbone.") and k not in state]
+        wrong = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+        if (missing or wrong) and state:
+            example = (missing or wrong)[0]
+            raise CheckpointError(
+                f"the checkpoint's weights are for backbone {saved.get('backbone', '?')!r}, which does not fit this "
+                f"model's {self.hparams.backbone!r} ({len(missing)} missing and {len(wrong)} differently shaped "
+                f"tensors, e.g. {example!r}); resume with the checkpoint's backbone (backbone=...), or start a new "
+                "run without ckpt_path"
+            )
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | Any,
+        map_location: Any = None,
+        hparams_file: str | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> TransferClassifier:
+        """Rebuild a trained classifier from its checkpoint alone, in eval mode.
+
+        Hugging Face backbones are rebuilt from the config and tokenizer stored in the checkpoint
+        (unpacked once into ``$TL_LIGHTNING_CACHE``), so neither network nor the original folder is
+        needed; the stored preprocessing (``max_length``, image size) is restored. Keyword
+        arguments override saved hyperparameters, as in Lightning.
+
+        Example:
+            >>> model = TransferClassifier.load_from_checkpoint("run/checkpoints/last.ckpt")  # doctest: +SKIP
+            >>> probs = model.predict_step(batch, 0)  # doctest: +SKIP
+        """
+        checkpoint = read_checkpoint(checkpoint_path)
+        saved = checkpoint.get(CHECKPOINT_KEY, {})
+        rebuild = saved.get("backbone_rebuild")
+        original_name = None
+        if rebuild and "backbone" not in kwargs:
+            folder = materialize_files(dict(rebuild["files"]))
+            hparams = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY, {})
+            original_name = hparams.get("backbone")
+            kwargs["backbone"] = str(rebuild["name"]).format(folder=folder)
+            kwargs["backbone_kwargs"] = {**dict(hparams.get("backbone_kwargs") or {}), **dict(rebuild.get("kwargs") or {})}
+        del checkpoint
+        kwargs.setdefault("weights_only", True)
+        model = super().load_from_checkpoint(
+            checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict, **kwargs
+        )
+        if original_name is not None:
+            model.hparams.backbone = original_name
+            model.backbone.name = original_name
+        model.eval()
+        return model
 
 
 def _unpack(batch: Any, split: str) -> tuple[Any, Tensor]:

@@ -1,4 +1,4 @@
-"""Freezing machinery shared by the fine-tuning callbacks and modules.
+"""Freezing: which parameters train, and what frozen layers cost (used by modules and callbacks).
 
 Freezing only flips ``requires_grad``: a frozen parameter stays in its optimizer param group,
 gets no ``.grad`` and therefore no optimizer state and no weight decay. A frozen *prefix* of
