@@ -20,6 +20,7 @@ __all__ = [
     "DataError",
     "CheckpointError",
     "NonFiniteError",
+    "ExportError",
     "closest_matches",
 ]
 
@@ -54,6 +55,10 @@ class CheckpointError(TLError, ValueError):
 
 class NonFiniteError(TLError, FloatingPointError):
     """Training produced a NaN / inf loss or weights (the step and batch are named)."""
+
+
+class ExportError(TLError, RuntimeError):
+    """An exported model cannot be written, or loaded back it does not reproduce the module's outputs."""
 
 
 def closest_matches(name: str, choices: Iterable[str], n: int = 5) -> list[str]:
