@@ -195,7 +195,8 @@ def test_rotten_tomatoes_labels_and_size() -> None:
         pytest.skip(str(err))
     dm = TextClassificationDataModule(path=str(path), label_column="category", keep_labels=["fresh", "rotten"])
     assert dm.labels == ["fresh", "rotten"]
-    texts, labels = dm._labelled_tables()["all"]
+    table = dm._labelled_tables()["all"]
+    texts, labels = table.texts, [names[0] for names in table.names]
     assert len(texts) == 4866 and abs(labels.count("fresh") - labels.count("rotten")) < 100
 
 

@@ -3,37 +3,52 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from tl_lightning._plain import to_plain
 from tl_lightning.backbones._base import ImagePreprocess, PreprocessConfig, TextPreprocess
+from tl_lightning.data._sampling import seeded_train_loader
 from tl_lightning.errors import ConfigurationError, DataError
 
-__all__ = ["ClassificationDataModule", "stratified_split", "sort_labels"]
+__all__ = ["ClassificationDataModule", "stratified_split", "sort_labels", "near_duplicate_labels"]
 
 log = logging.getLogger("tl_lightning.data")
 
 
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
 def sort_labels(labels: Sequence[str]) -> list[str]:
-    """Sorted unique label names; numerically when every name is an integer (``"2" < "10"``)."""
+    """Sorted unique label names; numerically when every name is an integer (``"2" < "10"``).
+
+    Names are compared as written: ``"01"`` and ``"1"`` are two labels, ordered ``"01"`` before
+    ``"1"`` (equal numbers are ordered by their text, so the order never depends on input order).
+    """
     unique = {str(label) for label in labels}
-    if unique and all(_is_int(label) for label in unique):
-        # ties ("1" / "01") broken by the string itself, so the order never depends on set order
+    if unique and all(_INTEGER.fullmatch(label) for label in unique):
         return sorted(unique, key=lambda label: (int(label), label))
     return sorted(unique)
 
 
-def _is_int(s: str) -> bool:
-    try:
-        int(s)
-    except ValueError:
-        return False
-    return True
+def near_duplicate_labels(labels: Sequence[str]) -> list[list[str]]:
+    """Groups of distinct labels that differ only by letter case or surrounding whitespace.
+
+    Example:
+        >>> near_duplicate_labels(["pos", "pos ", "Pos", "neg"])
+        [['Pos', 'pos', 'pos ']]
+    """
+    groups: dict[str, set[str]] = {}
+    for label in labels:
+        groups.setdefault(str(label).strip().casefold(), set()).add(str(label))
+    return [sorted(g) for _, g in sorted(groups.items()) if len(g) > 1]
 
 
 def stratified_split(
@@ -92,6 +107,7 @@ class ClassificationDataModule(LightningDataModule):
         test_fraction: float = 0.1,
         model_labels: Sequence[str] | None = None,
         pin_memory: bool = False,
+        drop_last: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(batch_size, int) or batch_size <= 0:
@@ -111,6 +127,9 @@ class ClassificationDataModule(LightningDataModule):
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.pin_memory = pin_memory
+        if not isinstance(drop_last, bool):
+            raise ConfigurationError(f"drop_last must be true or false, got {drop_last!r}")
+        self.drop_last = drop_last
         self.model_labels: list[str] | None = _plain_list(model_labels)
         self.preprocess: PreprocessConfig | None = None
         self.predict_ids: list[str] = []
@@ -131,6 +150,14 @@ class ClassificationDataModule(LightningDataModule):
         """Sorted label names found in the labelled data (cached after the first scan)."""
         if self._data_labels_cache is None:
             self._data_labels_cache = sort_labels(self._data_labels())
+            suspicious = near_duplicate_labels(self._data_labels_cache)
+            if suspicious:
+                what = "class folder names" if self.modality == "image" else "labels"
+                rank_zero_warn(
+                    f"{type(self).__name__}: {what} that differ only by case or surrounding whitespace are kept "
+                    f"as separate classes: {'; '.join(map(str, suspicious))}. If they mean the same class, "
+                    "rename them in the data to one spelling"
+                )
         return list(self._data_labels_cache)
 
     @property
@@ -172,6 +199,21 @@ class ClassificationDataModule(LightningDataModule):
             )
         self.preprocess = preprocess
         self._datasets.clear()
+
+    def effective_preprocess(self) -> PreprocessConfig:
+        """The preprocess batches are made with: the backbone's, with this module's overrides applied.
+
+        Raises:
+            DataError: :meth:`set_preprocess` was not called.
+        """
+        return self._require_preprocess()
+
+    def input_settings(self) -> dict[str, Any]:
+        """Plain settings that shape inputs, which a predictor needs to read new data the same way.
+
+        Stored in checkpoints as ``TransferClassifier.data_settings``.
+        """
+        return {}
 
     def _require_preprocess(self) -> PreprocessConfig:
         if self.preprocess is None:
@@ -221,17 +263,24 @@ class ClassificationDataModule(LightningDataModule):
         return None
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self._dataset(split),
+        kwargs: dict[str, Any] = dict(
             batch_size=self.batch_size,
-            shuffle=shuffle,
             num_workers=self.num_workers,
             collate_fn=self._collate(split),
             pin_memory=self.pin_memory,
+            drop_last=self.drop_last and split == "train",
             persistent_workers=self.num_workers > 0,
         )
+        if shuffle:  # order and augmentation seeded by (seed, epoch): exact resume (data/_sampling.py)
+            return seeded_train_loader(self._dataset(split), seed=self.seed, datamodule=self, **kwargs)
+        return DataLoader(self._dataset(split), generator=torch.Generator().manual_seed(self.seed), **kwargs)
 
     def train_dataloader(self) -> DataLoader:
+        if self.drop_last and self.train_size() < self.batch_size:
+            raise DataError(
+                f"drop_last=true drops every training batch: {self.train_size()} training samples < batch_size "
+                f"{self.batch_size}. Fix: lower batch_size or set drop_last=false"
+            )
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
@@ -250,8 +299,18 @@ class ClassificationDataModule(LightningDataModule):
         return self._loader("predict", shuffle=False)
 
     def split_sizes(self) -> dict[str, int]:
-        """Number of samples per built split (after :meth:`setup`)."""
+        """Number of samples per built split (after :meth:`setup`; ``setup("fit")`` builds train and val)."""
         return {k: len(v) for k, v in self._datasets.items()}  # type: ignore[arg-type]
+
+    def train_size(self) -> int:
+        """Number of training samples (builds the fit splits if needed; needs :meth:`set_preprocess`).
+
+        With ``train_size() % batch_size == 1`` the last training batch holds one sample, which
+        BatchNorm cannot train on; ``drop_last=True`` drops that batch.
+        """
+        if "train" not in self._datasets:
+            self.setup("fit")
+        return len(self._datasets["train"])  # type: ignore[arg-type]
 
 
 def _plain_list(values: Sequence[str] | None) -> list[str] | None:

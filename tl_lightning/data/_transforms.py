@@ -1,7 +1,9 @@
 """Image transforms built from a backbone's :class:`~tl_lightning.backbones.ImagePreprocess`.
 
-The transforms accept PIL images or tensors and convert everything to 3-channel RGB first, so
-grayscale (``"L"``), palette (``"P"``) and RGBA images work with RGB backbones.
+The transforms accept PIL images or tensors and convert everything to the backbone's channels
+first (3-channel RGB, or 1-channel L), with the mode handling of
+:func:`~tl_lightning.data.decode_image`: 16-bit grayscale is scaled by its bit depth, transparent
+pixels are composited over white, and modes that cannot be decoded correctly are refused.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
 from tl_lightning.backbones._base import ImagePreprocess
+from tl_lightning.data._images import convert_image
 
 __all__ = ["image_eval_transform", "image_train_transform"]
 
@@ -26,15 +29,14 @@ _INTERPOLATION = {
 
 
 class _ConvertMode:
-    """Convert a PIL image to ``mode`` ("RGB" or "L"); tensors: drop alpha / repeat gray channels."""
+    """PIL images to "RGB" / "L" (:func:`convert_image`); tensors: drop alpha / repeat gray channels."""
 
     def __init__(self, channels: int) -> None:
         self.channels = channels
 
     def __call__(self, img: Any) -> Any:
         if isinstance(img, Image.Image):
-            mode = "RGB" if self.channels == 3 else "L"
-            return img if img.mode == mode else img.convert(mode)
+            return convert_image(img, self.channels)
         if isinstance(img, torch.Tensor) and img.ndim >= 3:
             c = img.shape[-3]
             if self.channels == 3 and c == 4:

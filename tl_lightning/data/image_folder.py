@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 from typing_extensions import override
 
 from tl_lightning.backbones._base import ImagePreprocess
 from tl_lightning.data._base import ClassificationDataModule, stratified_split
+from tl_lightning.data._images import decode_image
 from tl_lightning.data._transforms import image_eval_transform, image_train_transform
 from tl_lightning.errors import ConfigurationError, DataError
 
@@ -21,7 +21,6 @@ __all__ = ["ImageFolderDataModule", "IMAGE_EXTENSIONS"]
 log = logging.getLogger("tl_lightning.data")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
-_READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def _is_image(p: Path) -> bool:
@@ -59,26 +58,16 @@ def _class_folders(root: Path, what: str) -> dict[str, list[Path]]:
     return classes
 
 
-def _read_image(path: Path) -> Image.Image:
-    with Image.open(path) as img:
-        img.load()
-        return img
-
-
-def _bad_image_error(path: Path, err: BaseException) -> DataError:
-    return DataError(
-        f"cannot read image {str(path)!r}: {type(err).__name__}: {err}. "
-        "Fix: remove or replace the file, or pass on_bad_image='skip' to skip unreadable images"
-    )
-
-
 class _ImageDataset(Dataset):
-    """``(path, target)`` samples (target ``None`` for predict) read with PIL and transformed."""
+    """``(path, target)`` samples (target ``None`` for predict) decoded by :func:`decode_image` and transformed."""
 
-    def __init__(self, samples: Sequence[tuple[Path, int | None]], transform: Any, skip_bad: bool) -> None:
+    def __init__(
+        self, samples: Sequence[tuple[Path, int | None]], transform: Any, skip_bad: bool, channels: int = 3
+    ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.skip_bad = skip_bad
+        self.channels = channels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -86,12 +75,12 @@ class _ImageDataset(Dataset):
     def __getitem__(self, index: int) -> Any:
         path, target = self.samples[index]
         try:
-            img = _read_image(path)
-        except _READ_ERRORS as err:
+            img = decode_image(path, self.channels)
+        except DataError as err:
             if self.skip_bad:
                 log.warning("skipping unreadable image %s: %s", path, err)
                 return None
-            raise _bad_image_error(path, err) from err
+            raise
         x = self.transform(img)
         return x if target is None else (x, target)
 
@@ -119,9 +108,12 @@ class ImageFolderDataModule(ClassificationDataModule):
         predict_dir: Folder of unlabelled images for :meth:`predict_dataloader`.
         image_size: Override the backbone's input size (e.g. 32-64 px for fast runs).
         augment: Random resized crop and horizontal flip on training images.
-        on_bad_image: ``"error"`` raises a :class:`DataError` naming an unreadable file;
-            ``"skip"`` decodes every image once when the splits are built, drops the unreadable
-            ones and logs how many were dropped (listed in :attr:`skipped_files`).
+        on_bad_image: ``"error"`` raises a :class:`DataError` naming an unreadable file (or
+            one whose mode cannot be decoded correctly, see :func:`decode_image`); ``"skip"``
+            decodes every image once when the splits (or the predict set) are built, drops the
+            unreadable ones and logs how many were dropped. They are listed in
+            :attr:`skipped_files` per source (``"root"``, ``"train"``, ``"val"``, ``"test"``,
+            ``"predict"``), so a caller can report them.
         batch_size: Batch size of every loader.
         num_workers: DataLoader workers.
         seed: Seed of the splits.
@@ -130,6 +122,14 @@ class ImageFolderDataModule(ClassificationDataModule):
         model_labels: Labels the model knows, in class-index order; data with other labels is
             an error. Default: the sorted class folder names.
         pin_memory: DataLoader ``pin_memory``.
+        drop_last: Drop the last, incomplete training batch (training loader only), e.g. when
+            :meth:`train_size` ``% batch_size == 1`` would leave BatchNorm a batch of one.
+
+    Images are decoded by :func:`~tl_lightning.data.decode_image` into the backbone's channels
+    (``"RGB"``, or ``"L"`` when ``preprocess.input_size[0] == 1``): 16-bit images are scaled by
+    their bit depth, transparency is composited over white, EXIF orientation is applied.
+    Class folder names that differ only by case or surrounding whitespace (``cat``, ``Cat``)
+    stay separate classes, with one warning naming them.
 
     Example:
         >>> dm = ImageFolderDataModule(root="data/flowers", image_size=64)  # doctest: +SKIP
@@ -157,6 +157,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         test_fraction: float = 0.1,
         model_labels: Sequence[str] | None = None,
         pin_memory: bool = False,
+        drop_last: bool = False,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -166,6 +167,7 @@ class ImageFolderDataModule(ClassificationDataModule):
             test_fraction=test_fraction,
             model_labels=model_labels,
             pin_memory=pin_memory,
+            drop_last=drop_last,
         )
         if root is not None and train_dir is not None:
             raise ConfigurationError(
@@ -217,9 +219,27 @@ class ImageFolderDataModule(ClassificationDataModule):
             return list(self.model_labels)  # predict-only
         return super().labels
 
-    def _effective_preprocess(self) -> ImagePreprocess:
+    @override
+    def effective_preprocess(self) -> ImagePreprocess:
+        """The backbone's :class:`ImagePreprocess` at this module's ``image_size`` (when set).
+
+        Raises:
+            DataError: :meth:`set_preprocess` was not called.
+        """
         p = cast(ImagePreprocess, self._require_preprocess())  # set_preprocess checked the type
         return p.with_size(self.image_size) if self.image_size is not None else p
+
+    @override
+    def input_settings(self) -> dict[str, Any]:
+        """``{"image_size": ...}``: the effective input size once :meth:`set_preprocess` was called
+        (an int for square inputs, else ``[height, width]``), else the override (``None``: the backbone's)."""
+        if self.preprocess is None:
+            return {"image_size": self.image_size}
+        h, w = self.effective_preprocess().image_size
+        return {"image_size": h if h == w else [h, w]}
+
+    def _channels(self) -> int:
+        return int(self.effective_preprocess().input_size[0])
 
     @property
     def num_skipped(self) -> int:
@@ -230,12 +250,13 @@ class ImageFolderDataModule(ClassificationDataModule):
         if self.on_bad_image != "skip":
             return files
         kept, bad = [], []
+        channels = self._channels()
         for f in files:
             try:
-                # a full decode: verify() only checks headers and lets truncated files through
-                _read_image(f)
+                decode_image(f, channels)  # a full decode: headers alone let truncated files through
                 kept.append(f)
-            except _READ_ERRORS:
+            except DataError as err:
+                log.info("on_bad_image='skip': %s", err)
                 bad.append(f)
         self.skipped_files[source] = self.skipped_files.get(source, []) + [str(b) for b in bad]
         return kept
@@ -266,8 +287,9 @@ class ImageFolderDataModule(ClassificationDataModule):
 
     @override
     def _build(self, stage: str) -> dict[str, Dataset]:
-        p = self._effective_preprocess()
+        p = self.effective_preprocess()
         skip = self.on_bad_image == "skip"
+        channels = int(p.input_size[0])
         eval_t, train_t = image_eval_transform(p), image_train_transform(p, self.augment)
         if stage == "predict":
             if self.predict_dir is None:
@@ -280,7 +302,7 @@ class ImageFolderDataModule(ClassificationDataModule):
                 raise DataError(f"predict folder {str(root)!r} holds no images with extensions {list(IMAGE_EXTENSIONS)}")
             self.predict_ids = [str(f.relative_to(root)) for f in files]
             # unreadable files were dropped above, so predict_ids stay aligned with the outputs
-            return {"predict": _ImageDataset([(f, None) for f in files], eval_t, skip_bad=False)}
+            return {"predict": _ImageDataset([(f, None) for f in files], eval_t, skip_bad=False, channels=channels)}
         _ = self.labels  # raises on labels the model does not know
         folders = self._scan()
         base_source = "root" if "root" in folders else "train"
@@ -296,9 +318,9 @@ class ImageFolderDataModule(ClassificationDataModule):
         }
         self._warn_skipped([base_source, "val", "test"])
         return {
-            "train": _ImageDataset(splits["train"], train_t, skip),
-            "val": _ImageDataset(splits["val"], eval_t, skip),
-            "test": _ImageDataset(splits["test"], eval_t, skip),
+            "train": _ImageDataset(splits["train"], train_t, skip, channels),
+            "val": _ImageDataset(splits["val"], eval_t, skip, channels),
+            "test": _ImageDataset(splits["test"], eval_t, skip, channels),
         }
 
     @override
