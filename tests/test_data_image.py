@@ -207,3 +207,54 @@ def test_skip_catches_truncated_images_in_training_and_predict(tmp_path: Path) -
     pred = _dm(predict_dir=str(tmp_path / "p"), model_labels=["a", "b"], on_bad_image="skip")
     batches = list(pred.predict_dataloader())
     assert pred.predict_ids == ["ok.png"] and batches[0].shape[0] == 1
+
+
+def test_16_bit_images_are_decoded_not_white(tmp_path: Path) -> None:
+    for cls, value in (("dark", 4112), ("mid", 32896)):  # 8-bit 16 and 128
+        for i in range(2):
+            (tmp_path / "d" / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((20, 24), value, dtype=np.uint16)).save(tmp_path / "d" / cls / f"{i}.png")
+    pre = ImagePreprocess(input_size=(3, 16, 16), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    dm = ImageFolderDataModule(root=str(tmp_path / "d"), val_fraction=0.0, test_fraction=0.0, augment=False,
+                               batch_size=4)
+    dm.set_preprocess(pre)
+    x, y = next(iter(dm.train_dataloader()))
+    means = {int(t): float(img.mean()) for img, t in zip(x, y)}
+    assert means[0] == pytest.approx(16 / 255, abs=1e-4) and means[1] == pytest.approx(128 / 255, abs=1e-4)
+    gray = ImageFolderDataModule(root=str(tmp_path / "d"), val_fraction=0.0, test_fraction=0.0, augment=False)
+    gray.set_preprocess(ImagePreprocess(input_size=(1, 16, 16), mean=(0.0,), std=(1.0,)))
+    x, _ = next(iter(gray.train_dataloader()))
+    assert x.shape[1] == 1 and float(x.max()) == pytest.approx(128 / 255, abs=1e-4)
+
+
+def test_near_duplicate_class_folders_warn_once(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "d", {"cat": 2, "Cat": 2, "dog ": 2, "dog": 2})
+    with pytest.warns(UserWarning, match=r"class folder names that differ only by case.*\['Cat', 'cat'\]; "
+                                         r"\['dog', 'dog '\]"):
+        assert ImageFolderDataModule(root=str(root)).labels == ["Cat", "cat", "dog", "dog "]
+
+
+def test_predict_bad_images_error_or_skip_and_record(tmp_path: Path) -> None:
+    _write(tmp_path / "p" / "ok.png")
+    Image.new("LAB", (8, 8)).save(tmp_path / "p" / "lab.tif")  # a mode that cannot be decoded correctly
+    err = _dm(predict_dir=str(tmp_path / "p"), model_labels=["a", "b"])
+    with pytest.raises(DataError, match=r"lab\.tif.*mode 'LAB'"):
+        list(err.predict_dataloader())
+    skip = _dm(predict_dir=str(tmp_path / "p"), model_labels=["a", "b"], on_bad_image="skip")
+    batches = list(skip.predict_dataloader())
+    assert skip.predict_ids == ["ok.png"] and batches[0].shape[0] == 1
+    assert skip.skipped_files["predict"] == [str(tmp_path / "p" / "lab.tif")]
+
+
+def test_effective_preprocess_input_settings_and_drop_last(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "d", {"a": 5, "b": 4})
+    dm = ImageFolderDataModule(root=str(root), image_size=32, batch_size=4, val_fraction=0.0, test_fraction=0.0,
+                               drop_last=True)
+    assert dm.input_settings() == {"image_size": 32}
+    dm.set_preprocess(PRE)
+    assert dm.effective_preprocess().input_size == (3, 32, 32) and dm.input_settings() == {"image_size": 32}
+    assert dm.train_size() == 9
+    assert [len(y) for _, y in dm.train_dataloader()] == [4, 4]  # the batch of 1 is dropped
+    assert [len(y) for _, y in _dm(root=str(root), val_fraction=0.0, test_fraction=0.0).train_dataloader()] == [4, 4, 1]
+    plain = _dm(root=str(root))
+    assert plain.input_settings() == {"image_size": 48}  # the backbone's size once the preprocess is set

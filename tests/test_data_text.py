@@ -271,3 +271,125 @@ def test_multilabel_trains_a_multilabel_classifier(tmp_path: Path, tiny_bert_dir
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, dm)
     assert 0.0 <= trainer.test(model, dm, verbose=False)[0]["test/acc"] <= 1.0
+
+
+# -- labels and texts as written ------------------------------------------------------------
+def test_labels_are_kept_as_written(tmp_path: Path, tokenizer_pre: TextPreprocess) -> None:
+    (tmp_path / "d.csv").write_text("text,label\n" + "good,01\nfun,1\nbad,007\ngreat,10\n" * 3)
+    dm = _dm(tokenizer_pre, path=str(tmp_path / "d.csv"), val_fraction=0.0, test_fraction=0.0)
+    assert dm.labels == ["01", "1", "007", "10"]  # numeric order; pandas' guess merged 01 and 1, lost 007
+    dm.setup("fit")
+    train = dm._datasets["train"]
+    assert sorted(set(zip(train.texts, train.targets))) == [("bad", 2), ("fun", 1), ("good", 0), ("great", 3)]
+
+
+def test_na_like_texts_are_texts_and_empty_texts_are_reported(tmp_path: Path, tokenizer_pre: TextPreprocess) -> None:
+    (tmp_path / "d.csv").write_text("text,label\n" + "NA,NA\nNone,b\nnull,NA\nnan,b\n" * 2)
+    dm = _dm(tokenizer_pre, path=str(tmp_path / "d.csv"), val_fraction=0.0, test_fraction=0.0)
+    assert dm.labels == ["NA", "b"]
+    dm.setup("fit")
+    assert sorted(dm._datasets["train"].texts) == sorted(["NA", "None", "null", "nan"] * 2)
+    (tmp_path / "e.csv").write_text('text,label\nfine,a\n"",b\n  ,a\nok,b\n')
+    with pytest.raises(DataError, match=r"text \[1, 2\] / label \[\] \(2 empty texts"):
+        _ = TextClassificationDataModule(path=str(tmp_path / "e.csv")).labels
+
+
+def test_predict_keeps_na_like_and_empty_texts(tmp_path: Path, tokenizer_pre: TextPreprocess) -> None:
+    (tmp_path / "p.csv").write_text('id,text\n7,NA\n8,""\n9,None\n')
+    dm = _dm(tokenizer_pre, predict_path=str(tmp_path / "p.csv"), model_labels=["neg", "pos"], id_column="id")
+    batches = list(dm.predict_dataloader())
+    assert dm._datasets["predict"].texts == ["NA", "", "None"] and dm.predict_ids == ["7", "8", "9"]
+    assert batches[0]["input_ids"].shape[0] == 3
+    (tmp_path / "p.jsonl").write_text('{"text": null}\n{"text": "NA"}\n')
+    dm = _dm(tokenizer_pre, predict_path=str(tmp_path / "p.jsonl"), model_labels=["neg", "pos"])
+    dm.setup("predict")
+    assert dm._datasets["predict"].texts == ["", "NA"]
+
+
+def test_json_list_labels_are_multi_label_rows(tmp_path: Path, tokenizer_pre: TextPreprocess) -> None:
+    rows = [("a good fun movie", ["comedy", "family"]), ("great film", ["drama"]), ("bad actor", "horror"),
+            ("an awful boring plot", ["drama", "horror"])]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in rows * 3))
+    dm = _dm(tokenizer_pre, path=str(tmp_path / "m.jsonl"), val_fraction=0.0, test_fraction=0.0)
+    assert dm.multilabel  # automatic: the label column holds lists
+    assert dm.labels == ["comedy", "drama", "family", "horror"]  # not "['comedy', 'family']"
+    dm.setup("fit")
+    train = dm._datasets["train"]
+    assert train.targets[train.texts.index("a good fun movie")] == [1.0, 0.0, 1.0, 0.0]
+    assert train.targets[train.texts.index("bad actor")] == [0.0, 0.0, 0.0, 1.0]  # a string cell: one label
+    _, y = next(iter(dm.train_dataloader()))
+    assert y.dtype == torch.float and y.shape[1] == 4
+    plain = _dm(tokenizer_pre, path=str(_csv(tmp_path / "d.csv")))
+    assert not plain.multilabel
+    (tmp_path / "e.jsonl").write_text('{"text": "x", "label": []}\n{"text": "y", "label": ["a"]}\n')
+    with pytest.raises(DataError, match=r"empty lists in rows \(0-based\) \[0\]"):
+        _ = TextClassificationDataModule(path=str(tmp_path / "e.jsonl")).labels
+
+
+def test_near_duplicate_labels_give_one_warning_and_stay_separate(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text("text,label\n" + "a,pos\nb,pos \nc,Pos\nd,neg\ne,NEG\nf,other\n" * 2)
+    dm = TextClassificationDataModule(path=str(tmp_path / "d.csv"))
+    with pytest.warns(UserWarning, match=r"differ only by case or surrounding whitespace.*"
+                                         r"\['NEG', 'neg'\]; \['Pos', 'pos', 'pos '\]") as record:
+        assert dm.labels == ["NEG", "Pos", "neg", "other", "pos", "pos "]
+        _ = dm.labels  # cached: no second warning
+    assert len([w for w in record if "differ only by case" in str(w.message)]) == 1
+
+
+def test_encoding_and_separator_options(tmp_path: Path, tokenizer_pre: TextPreprocess) -> None:
+    (tmp_path / "d.csv").write_bytes(("text;label\n" + "café bien;pos\nmauvais, trop;neg\n" * 3).encode("cp1252"))
+    with pytest.raises(DataError, match=r"data\.separator=';'"):
+        _ = TextClassificationDataModule(path=str(tmp_path / "d.csv"), encoding="cp1252").labels
+    with pytest.raises(DataError, match=r"not valid utf-8: byte 0xe9 at byte position 14 \(line 2\).*data\.encoding=cp1252"):
+        _ = TextClassificationDataModule(path=str(tmp_path / "d.csv"), separator=";").labels
+    dm = _dm(tokenizer_pre, path=str(tmp_path / "d.csv"), separator=";", encoding="cp1252", val_fraction=0.0,
+             test_fraction=0.0)
+    dm.setup("fit")
+    assert dm.labels == ["neg", "pos"] and "café bien" in dm._datasets["train"].texts
+    assert dm.input_settings() == {"text_column": "text", "max_length": 64, "encoding": "cp1252", "separator": ";"}
+    with pytest.raises(ConfigurationError, match="unknown encoding"):
+        TextClassificationDataModule(path="x.csv", encoding="utf-9")
+
+
+# -- model limits and public API -------------------------------------------------------------
+def test_max_length_beyond_the_model_positions_is_refused(tmp_path: Path, tokenizer_pre: TextPreprocess) -> None:
+    # the tiny tokenizer has no model_max_length (transformers' 1e30 sentinel): the limit comes from config.json
+    assert tokenizer_pre.tokenizer.model_max_length > 10**9
+    dm = TextClassificationDataModule(path=str(_csv(tmp_path / "d.csv")), max_length=512)
+    with pytest.raises(ConfigurationError, match=r"max_length=512 is more than the 128 tokens.*"
+                                                 r"max_position_embeddings.*data\.max_length=128"):
+        dm.set_preprocess(tokenizer_pre)
+    assert dm.preprocess is None  # not half set
+    with pytest.raises(ConfigurationError, match=r"the backbone's max_length=300 is more than the 128"):
+        _dm(tokenizer_pre.with_max_length(300), path=str(_csv(tmp_path / "d.csv")))
+    ok = _dm(tokenizer_pre, path=str(_csv(tmp_path / "d.csv")), max_length=128)
+    assert ok.effective_preprocess().max_length == 128
+
+
+def test_max_length_checked_against_model_max_length(tmp_path: Path, tokenizer_pre: TextPreprocess) -> None:
+    import copy
+
+    tokenizer = copy.copy(tokenizer_pre.tokenizer)
+    tokenizer.model_max_length = 32
+    dm = TextClassificationDataModule(path=str(_csv(tmp_path / "d.csv")), max_length=48)
+    with pytest.raises(ConfigurationError, match=r"48 is more than the 32 tokens.*model_max_length"):
+        dm.set_preprocess(TextPreprocess(tokenizer=tokenizer, max_length=16))
+
+
+def test_effective_preprocess_input_settings_and_drop_last(tmp_path: Path, tokenizer_pre: TextPreprocess) -> None:
+    dm = TextClassificationDataModule(path=str(_csv(tmp_path / "d.csv", repeat=2)), max_length=16, batch_size=3,
+                                      val_fraction=0.0, test_fraction=0.0, drop_last=True)
+    assert dm.input_settings()["max_length"] == 16  # before set_preprocess: the override
+    dm.set_preprocess(tokenizer_pre)
+    assert dm.effective_preprocess().max_length == 16 and dm.preprocess is tokenizer_pre
+    assert dm.train_size() == 10  # known before fit
+    assert [len(y) for _, y in dm.train_dataloader()] == [3, 3, 3]  # the last batch of 1 is dropped
+    keep = _dm(tokenizer_pre, path=str(_csv(tmp_path / "d.csv", repeat=2)), batch_size=3, val_fraction=0.0,
+               test_fraction=0.0)
+    assert sorted(len(y) for _, y in keep.train_dataloader()) == [1, 3, 3, 3]
+    few = _dm(tokenizer_pre, path=str(_csv(tmp_path / "d.csv", repeat=2)), batch_size=16, drop_last=True,
+              val_fraction=0.0, test_fraction=0.0)
+    with pytest.raises(DataError, match=r"drops every training batch: 10 training samples < batch_size 16"):
+        few.train_dataloader()
+    with pytest.raises(ConfigurationError, match="drop_last must be true or false"):
+        TextClassificationDataModule(path="x.csv", drop_last="yes")  # type: ignore[arg-type]
