@@ -69,7 +69,7 @@ def test_resume_mid_warmup_is_exact_and_never_refreezes(tmp_path):
     _assert_same(full, resumed)
     (key,) = [k for k in ckpt["callbacks"] if k.startswith("GradualUnfreezing")]
     state = ckpt["callbacks"][key]
-    assert state["unfrozen"] == ["block3"] and state["unfreeze_step"] == {"block3": 2}
+    assert state["unfrozen"] == ["block3"] and state["factors"]["unfreeze_step"] == {"block3": 2}
     assert cb.warmup_factor("block3", 4) < 1.0  # the checkpoint really is mid-warm-up
 
     # Lightning 21901: on resume, already unfrozen groups are trainable from the first batch

@@ -75,7 +75,9 @@ def test_never_adds_param_groups_and_errors_when_params_missing(tmp_path):
             return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1)
 
     with pytest.raises(ConfigurationError, match="never adds optimizer param groups"):
-        trainer(tmp_path, [GradualUnfreezing(groups="model", schedule={1: "all"})], max_epochs=2).fit(FilteredOpt())
+        trainer(tmp_path, [GradualUnfreezing(groups="model", schedule={1: "all"}, repartition=False)], max_epochs=2).fit(
+            FilteredOpt()
+        )
     # with LayerwiseLRDecay the frozen parameters are included from the start
     rec, m = Recorder(), FilteredOpt()
     trainer(tmp_path, [LayerwiseLRDecay(1.0, groups="model"), GradualUnfreezing(groups="model", schedule={1: "all"}), rec],
@@ -89,7 +91,7 @@ def test_never_adds_param_groups_and_errors_when_params_missing(tmp_path):
         ({"schedule": {1: ["blok3"]}}, UnknownNameError, r"block3.*valid names"),
         ({"schedule": {1: [7]}}, ConfigurationError, r"out of range.*stem"),
         ({"schedule": {1: [-5]}}, ConfigurationError, "out of range"),
-        ({"initially_trainable": 9, "strategy": "top_n_unfrozen"}, ConfigurationError, "only 4 layer groups"),
+        ({"initially_trainable": 9, "preset": "top_n_unfrozen"}, ConfigurationError, "only 4 layer groups"),
     ],
 )
 def test_bad_schedule_names_and_indices(tmp_path, kwargs, error, match):
@@ -105,8 +107,8 @@ def test_bad_schedule_names_and_indices(tmp_path, kwargs, error, match):
         (lambda: GradualUnfreezing(schedule={1: 0}), "> 0"),
         (lambda: GradualUnfreezing(schedule={1: []}), "empty"),
         (lambda: GradualUnfreezing(unfreeze_every=0), ">= 1"),
-        (lambda: GradualUnfreezing(strategy="gradul"), "gradual"),
-        (lambda: GradualUnfreezing(schedule={1: "all"}, unfreeze_every=2), "not both"),
+        (lambda: GradualUnfreezing(preset="gradul"), "gradual"),
+        (lambda: GradualUnfreezing(schedule={1: "all"}, unfreeze_every=2), "only one of"),
         (lambda: LayerwiseLRDecay(0.0), r"\(0, 1\]"),
         (lambda: LayerwiseLRDecay(1.5), r"\(0, 1\]"),
         (lambda: LayerwiseLRDecay(0.5, head_lr=-1.0), "head_lr"),
@@ -172,27 +174,43 @@ def test_plug_in_torchvision_resnet(tmp_path):
     assert first["head"] == pytest.approx(first["layer4"]) and "layer4/no_decay" in first
 
 
-def test_transfer_classifier_groups_and_layer_decay_left_alone(tmp_path):
+def _rgb_data():
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 3, (8,), generator=g))
+    return torch.utils.data.DataLoader(data, batch_size=4)
+
+
+def test_layer_decay_callback_applies_to_transfer_classifier_groups(tmp_path):
+    """TransferClassifier(layer_decay=1.0) + LayerwiseLRDecay(0.5): the callback's decay is applied
+    to the module's named groups (it used to warn and leave every group at the same LR)."""
     from tl_lightning import TransferClassifier
 
-    model = TransferClassifier(backbone="timm:test_resnet", pretrained=False, num_classes=3, layer_decay=0.5)
+    model = TransferClassifier(backbone="timm:test_resnet", pretrained=False, num_classes=3, lr=0.01, head_lr=0.1)
     seen = []
 
     class Rec(pl.Callback):
         def on_before_optimizer_step(self, trainer, pl_module, optimizer):
             seen.append({g["name"]: g["lr"] for g in optimizer.param_groups})
 
-    g = torch.Generator().manual_seed(0)
-    data = torch.utils.data.TensorDataset(torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 3, (8,), generator=g))
     unfreeze = GradualUnfreezing(schedule={1: [-1]}, warmup_steps=2)
-    with pytest.warns(UserWarning, match="already has layer-wise param groups"):
-        trainer(tmp_path, [LayerwiseLRDecay(0.9), unfreeze, Rec()], max_epochs=2).fit(
-            model, torch.utils.data.DataLoader(data, batch_size=4)
-        )
+    trainer(tmp_path, [LayerwiseLRDecay(0.5), unfreeze, Rec()], max_epochs=2).fit(model, _rgb_data())
     assert unfreeze.layer_group_names == ["stem", "layer1", "layer2", "layer3", "layer4"]
     assert len({len(s) for s in seen}) == 1
+    first = seen[0]
+    assert first["layer4"] == pytest.approx(0.01)
+    assert first["layer3"] == pytest.approx(0.005) and first["stem"] == pytest.approx(0.01 / 16)
+    assert first["head"] == pytest.approx(0.1)  # the module's own head LR is kept
     assert seen[2]["layer4"] == pytest.approx(seen[0]["layer4"] / 2)  # warm-up step 1 of 2
     assert seen[3]["layer4"] == pytest.approx(seen[0]["layer4"]) == pytest.approx(2 * seen[0]["layer3"])
+
+
+def test_layer_decay_callback_refuses_a_module_that_already_decays(tmp_path):
+    from tl_lightning import TransferClassifier
+    from tl_lightning.errors import ConfigurationError
+
+    model = TransferClassifier(backbone="timm:test_resnet", pretrained=False, num_classes=3, layer_decay=0.5)
+    with pytest.raises(ConfigurationError, match="apply the decay twice"):
+        trainer(tmp_path, [LayerwiseLRDecay(0.9)], max_epochs=1).fit(model, _rgb_data())
 
 
 def test_second_fit_with_a_new_trainer_keeps_warmup_factors_positive(tmp_path):

@@ -30,7 +30,6 @@ __all__ = [
     "TextPreprocess",
     "PreprocessConfig",
     "check_layer_groups",
-    "layer_groups_from_prefixes",
 ]
 
 
@@ -46,11 +45,18 @@ class LayerGroup:
         modules: Submodules whose parameters all belong to this group. Used for module-level
             behaviour (BatchNorm eval mode of frozen groups); may be empty for groups made of
             bare parameters such as a ViT's ``cls_token``.
+        is_head: The group is the model's task head (its classifier, as the model family
+            declares it): always trainable, never scheduled, at the head's LR.
+        no_weight_decay: Names (as in ``params``) of the parameters that take no weight decay:
+            1-d tensors (biases, norm scales) and what the model family declares (timm's
+            ``no_weight_decay()``: ``pos_embed``, ``cls_token``, ...).
     """
 
     name: str
     params: tuple[tuple[str, nn.Parameter], ...]
     modules: tuple[tuple[str, nn.Module], ...] = ()
+    is_head: bool = False
+    no_weight_decay: frozenset[str] = frozenset()
 
     def parameters(self) -> Iterator[nn.Parameter]:
         """Iterate over the group's parameters."""
@@ -67,7 +73,8 @@ class LayerGroup:
         return sum(p.numel() for _, p in self.params)
 
     def __repr__(self) -> str:
-        return f"LayerGroup(name={self.name!r}, tensors={len(self.params)}, numel={self.num_params})"
+        head = ", head" if self.is_head else ""
+        return f"LayerGroup(name={self.name!r}, tensors={len(self.params)}, numel={self.num_params}{head})"
 
 
 @dataclass(frozen=True)
@@ -246,74 +253,3 @@ def check_layer_groups(root: nn.Module, groups: Sequence[LayerGroup]) -> None:
     foreign = [f"{g.name}:{n}" for g in groups for n, p in g.params if id(p) not in all_ids]
     if foreign:
         raise LayerGroupError(f"layer groups hold parameters that are not in the module: {foreign[:5]}")
-
-
-def layer_groups_from_prefixes(
-    root: nn.Module, spec: Sequence[tuple[str, Sequence[str]]], rest: str | None = None
-) -> list[LayerGroup]:
-    """Build layer groups from parameter-name prefixes.
-
-    Args:
-        root: Module whose ``named_parameters()`` are grouped.
-        spec: ``(group name, [prefixes])`` in input -> output order. A parameter goes to the
-            first group with a prefix that matches at a ``.`` boundary (``"layer1"`` matches
-            ``layer1.0.conv1.weight`` but not ``layer10.weight``).
-        rest: If given, unmatched parameters form a group of this name appended at the end;
-            otherwise unmatched parameters are left out (and :func:`check_layer_groups` will
-            report them).
-
-    Returns:
-        The non-empty groups, in ``spec`` order.
-    """
-
-    def matches(name: str, prefix: str) -> bool:
-        return prefix == "" or name == prefix or name.startswith(prefix + ".")
-
-    buckets: dict[str, list[tuple[str, nn.Parameter]]] = {g: [] for g, _ in spec}
-    leftovers: list[tuple[str, nn.Parameter]] = []
-    for pname, p in root.named_parameters():
-        for gname, prefixes in spec:
-            if any(matches(pname, pre) for pre in prefixes):
-                buckets[gname].append((pname, p))
-                break
-        else:
-            leftovers.append((pname, p))
-    modules = dict(root.named_modules())
-    groups = []
-    for gname, prefixes in spec:
-        if buckets[gname]:
-            mods = tuple((pre, modules[pre]) for pre in prefixes if pre in modules and pre != "")
-            groups.append(LayerGroup(gname, tuple(buckets[gname]), mods))
-    if rest is not None and leftovers:
-        groups.append(LayerGroup(rest, tuple(leftovers), ()))
-    return groups
-
-
-def module_groups_from_param_groups(
-    root: nn.Module, named_groups: Sequence[tuple[str, Sequence[str]]]
-) -> list[LayerGroup]:
-    """Build layer groups from explicit ``(group name, [parameter names])`` lists.
-
-    Modules are attached to a group when every parameter under them belongs to that group.
-    Used by adapters whose grouping comes as parameter-name lists (timm's ``group_parameters``).
-    """
-    params = dict(root.named_parameters())
-    owner = {pn: g for g, pns in named_groups for pn in pns}
-    groups_modules: dict[str, list[tuple[str, nn.Module]]] = {g: [] for g, _ in named_groups}
-    for mname, mod in root.named_modules():
-        if not mname:
-            continue
-        pnames = [f"{mname}.{n}" for n, _ in mod.named_parameters()]
-        if not pnames:
-            continue
-        owners = {owner.get(n) for n in pnames}
-        if len(owners) == 1 and None not in owners:
-            g = owners.pop()
-            # keep only the outermost module wholly inside the group
-            if not any(mname.startswith(m + ".") for m, _ in groups_modules[g]):
-                groups_modules[g].append((mname, mod))
-    return [
-        LayerGroup(g, tuple((pn, params[pn]) for pn in pns), tuple(groups_modules[g]))
-        for g, pns in named_groups
-        if pns
-    ]

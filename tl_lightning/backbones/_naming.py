@@ -15,14 +15,12 @@ def _common_prefix(names: Sequence[str]) -> str:
     return ".".join(prefix)
 
 
-def group_name_from_params(
-    param_names: Sequence[str], index: int, taken: set[str], all_names: Sequence[str] | None = None
-) -> str:
+def group_name_from_params(param_names: Sequence[str], index: int, all_names: Sequence[str] | None = None) -> str:
     """Name a group after the modules its parameters live in.
 
     ``layer1.0.conv1.weight, layer1.1.bn2.bias`` -> ``layer1``; parameters spread over several
-    top-level children -> ``blocks.5+norm``; the first such group -> ``stem``. Names are made
-    unique against ``taken``. With ``all_names`` (every parameter name of the model), a trailing
+    top-level children -> ``blocks.5+norm``; the first such group -> ``stem``. (Names are made
+    unique by the grouping engine, not here.) With ``all_names`` (every parameter name of the model), a trailing
     block index is dropped when the group holds the whole parent (a one-block stage is named
     ``layer1``, not ``layer1.0``).
     """
@@ -43,8 +41,4 @@ def group_name_from_params(
     name = pieces[0] if len(pieces) == 1 else "+".join(pieces)
     if index == 0 and len(pieces) > 1:
         name = "stem"
-    base, k = name, 1
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
     return name

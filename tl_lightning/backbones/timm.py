@@ -2,8 +2,10 @@
 
 Layer groups come from the model's own ``group_matcher`` (the grouping timm uses for its
 layer-wise LR decay): stem, then each stage (``granularity="coarse"``, default) or each block
-(``"fine"``), the final norm joined to the last group. Preprocessing comes from the model's
-pretrained config via ``timm.data.resolve_model_data_config``.
+(``"fine"``), the final norm joined to the last group. The model declares its classifier
+(``pretrained_cfg["classifier"]``) and what takes no weight decay (``no_weight_decay()``);
+:func:`timm_layer_spec` hands both to the grouping engine. Preprocessing comes from the
+model's pretrained config via ``timm.data.resolve_model_data_config``.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import timm
 
 from torch import Tensor, nn
 
-from tl_lightning.backbones._base import Backbone, ImagePreprocess, LayerGroup, module_groups_from_param_groups
-from tl_lightning.backbones._naming import group_name_from_params
+from tl_lightning.backbones._base import Backbone, ImagePreprocess, LayerGroup
+from tl_lightning.backbones._grouping import LayerSpec, build_layer_groups
 from tl_lightning.backbones._registry import register_family
 from tl_lightning.backbones._weights import KeyMap, is_local_weights, load_weights
 from tl_lightning.errors import ConfigurationError, UnknownNameError, WeightsUnavailableError, did_you_mean
 
-__all__ = ["TimmBackbone", "is_timm_model", "timm_param_groups"]
+__all__ = ["TimmBackbone", "is_timm_model", "timm_layer_spec"]
+
+# Keyword arguments the adapter itself takes; everything else goes to timm.create_model.
+_ADAPTER_ARGS = ("pretrained", "weights", "key_map", "granularity")
 
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
@@ -63,8 +68,12 @@ class TimmBackbone(Backbone):
         if pretrained and weights is not None and not local:
             arch = f"{base_arch}.{weights}"
         hub_pretrained = pretrained and not local
+        if hub_pretrained and "." in arch:
+            _check_tag(arch)
         try:
             self.model = timm.create_model(arch, pretrained=hub_pretrained, **model_kwargs)
+        except TypeError as err:
+            raise _unknown_kwargs_error(arch, model_kwargs, err) from err
         except (RuntimeError, OSError, ValueError) as err:
             if not hub_pretrained:
                 raise
@@ -92,8 +101,9 @@ class TimmBackbone(Backbone):
         self._finalize()
 
     def _build_layer_groups(self) -> list[LayerGroup]:
-        named = timm_param_groups(self.model, self.granularity)
-        return module_groups_from_param_groups(self, [(g, [f"model.{n}" for n in pns]) for g, pns in named])
+        spec = timm_layer_spec(self.model, self.granularity)
+        assert spec is not None
+        return build_layer_groups(self.model, spec, prefix="model")
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -104,38 +114,60 @@ def is_timm_model(module: nn.Module) -> bool:
     return callable(getattr(module, "group_matcher", None)) and type(module).__module__.startswith("timm.")
 
 
-def timm_param_groups(
-    model: nn.Module, granularity: Literal["coarse", "fine"] = "coarse"
-) -> list[tuple[str, list[str]]]:
-    """Group a timm model's parameter names with the model's own ``group_matcher``.
+def timm_layer_spec(model: nn.Module, granularity: Literal["coarse", "fine"] = "coarse") -> LayerSpec | None:
+    """The layer spec of a timm model (``None`` for anything else), from the model's own declarations.
 
-    Args:
-        model: A timm model (anything with timm's ``group_matcher``).
-        granularity: ``"coarse"`` groups by stage, ``"fine"`` by block.
+    Groups: timm's ``group_matcher`` (``coarse``: stem, each stage; ``fine``: each block), named
+    after the modules they hold (``stem``, ``stages.0``, ``layer1``). Head: the classifier timm
+    names in ``pretrained_cfg["classifier"]`` (absent when built with ``num_classes=0``). No
+    weight decay: the model's ``no_weight_decay()`` (``pos_embed``, ``cls_token``, ...) plus 1-d
+    tensors.
 
-    Returns:
-        ``[(group name, [parameter names relative to model]), ...]`` input -> output; names
-        are derived from the modules the parameters live in (``stem``, ``stages.0``, ...).
+    Example:
+        >>> spec = timm_layer_spec(timm.create_model("test_resnet"))
+        >>> spec.head, len(spec.groups)
+        (['fc'], 6)
     """
+    if not is_timm_model(model):
+        return None
     from timm.models import group_parameters
 
     matcher = model.group_matcher(coarse=granularity == "coarse")
     grouped = group_parameters(model, matcher)
-    named: list[tuple[str, list[str]]] = []
-    taken: set[str] = set()
-    all_names = [n for n, _ in model.named_parameters()]
-    for i, pnames in enumerate(grouped.values()):
-        name = group_name_from_params(pnames, i, taken, all_names)
-        taken.add(name)
-        named.append((name, list(pnames)))
-    return named
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    heads = [classifier] if isinstance(classifier, str) else [str(c) for c in classifier or ()]
+    no_wd_fn = getattr(model, "no_weight_decay", None)
+    no_wd = sorted(no_wd_fn()) if callable(no_wd_fn) else []
+    return LayerSpec([(None, list(pnames)) for pnames in grouped.values()], head=heads, no_weight_decay=no_wd)
+
+
+def _check_tag(arch: str) -> None:
+    """An unknown pretrained tag lists the tags timm knows for the architecture."""
+    base, tag = arch.split(".", 1)
+    tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{base}.*")]
+    if tags and tag not in tags:
+        raise UnknownNameError(
+            f"unknown pretrained tag {tag!r} for timm model {base!r}{did_you_mean(tag, tags)} Valid tags: {tags} "
+            "(or weights='<local checkpoint file>')."
+        )
+
+
+def _unknown_kwargs_error(arch: str, model_kwargs: dict[str, Any], err: TypeError) -> ConfigurationError:
+    bad = [k for k in model_kwargs if repr(k) in str(err) or f"'{k}'" in str(err)]
+    shown = ", ".join(f"{k}={model_kwargs[k]!r}" for k in bad) or str(err)
+    hint = " (pooling is an option of hf: backbones)" if "pooling" in bad else ""
+    return ConfigurationError(
+        f"timm model {arch!r} does not take {shown}{hint}. The timm adapter takes {list(_ADAPTER_ARGS)}; "
+        "other keyword arguments go to timm.create_model (e.g. drop_rate, drop_path_rate, in_chans, img_size). "
+        "Fix: remove or rename the argument (backbone.kwargs / backbone_kwargs)."
+    )
 
 
 def _list_timm() -> list[str]:
     return timm.list_models()
 
 
-@register_family("timm", list_names=_list_timm, description="any timm image model")
+@register_family("timm", list_names=_list_timm, description="any timm image model", layer_spec=timm_layer_spec)
 def _create_timm(arch: str, pretrained: bool = True, weights: str | None = None, **kwargs: Any) -> TimmBackbone:
     return TimmBackbone(arch, pretrained=pretrained, weights=weights, **kwargs)
 

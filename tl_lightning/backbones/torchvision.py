@@ -36,12 +36,13 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models import get_model, get_model_weights, list_models
 
-from tl_lightning.backbones._base import Backbone, ImagePreprocess, LayerGroup, module_groups_from_param_groups
+from tl_lightning.backbones._base import Backbone, ImagePreprocess, LayerGroup
+from tl_lightning.backbones._grouping import LayerSpec, build_layer_groups, spec_by_children, spec_from_prefixes
 from tl_lightning.backbones._registry import register_family
 from tl_lightning.backbones._weights import KeyMap, is_local_weights, load_weights
-from tl_lightning.errors import UnknownNameError, WeightsUnavailableError, did_you_mean
+from tl_lightning.errors import ConfigurationError, UnknownNameError, WeightsUnavailableError, did_you_mean
 
-__all__ = ["TorchvisionBackbone", "torchvision_param_groups"]
+__all__ = ["TorchvisionBackbone", "torchvision_layer_spec"]
 
 _CLASSIFIER_ATTRS = ("fc", "classifier", "heads", "head")
 _INTERPOLATIONS = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest", "nearest-exact": "nearest"}
@@ -90,11 +91,20 @@ class TorchvisionBackbone(Backbone):
             model_kwargs.setdefault("aux_logits", False)
         local = pretrained and weights is not None and is_local_weights(weights)
         enum_weights = _resolve_enum(arch, weights) if pretrained and not local else None
-        if enum_weights is not None:
-            self.model = _download(arch, enum_weights, model_kwargs)
-            self.pretrained_source = f"tv:{arch}.{enum_weights.name}"
-        else:
-            self.model = get_model(arch, weights=None, **model_kwargs)
+        try:
+            if enum_weights is not None:
+                self.model = _download(arch, enum_weights, model_kwargs)
+                self.pretrained_source = f"tv:{arch}.{enum_weights.name}"
+            else:
+                self.model = get_model(arch, weights=None, **model_kwargs)
+        except TypeError as err:
+            shown = ", ".join(f"{k}={v!r}" for k, v in model_kwargs.items() if f"'{k}'" in str(err)) or str(err)
+            hint = " (pooling is an option of hf: backbones)" if "pooling" in model_kwargs else ""
+            raise ConfigurationError(
+                f"torchvision model {arch!r} does not take {shown}{hint}. The tv adapter takes ['pretrained', "
+                "'weights', 'key_map']; other keyword arguments go to torchvision.models.get_model (e.g. "
+                "image_size for ViT, stochastic_depth_prob). Fix: remove or rename the argument."
+            ) from err
         path, layer = _final_classifier_layer(self.model)
         self.feature_dim = int(layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels)
         self.model.set_submodule(path, nn.Identity())
@@ -108,26 +118,26 @@ class TorchvisionBackbone(Backbone):
         self._finalize()
 
     def _build_layer_groups(self) -> list[LayerGroup]:
-        named = torchvision_param_groups(self.model)
-        return module_groups_from_param_groups(self, [(g, [f"model.{n}" for n in pns]) for g, pns in named])
+        spec = torchvision_layer_spec(self.model)
+        assert spec is not None
+        return build_layer_groups(self.model, spec, prefix="model")
 
     def forward_features(self, x: Tensor) -> Tensor:
         out = self.model(x)
         return out.flatten(1) if out.ndim > 2 else out
 
 
-def torchvision_param_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
-    """Group a torchvision classification model's parameter names by stage.
+def torchvision_layer_spec(model: nn.Module) -> LayerSpec | None:
+    """The layer spec of a torchvision classification model (``None`` for anything else).
 
-    Works on the full model (classifier included, as the last group) and on the adapter's
-    classifier-less one. See the module docstring for the grouping of each family.
-
-    Returns:
-        ``[(group name, [parameter names relative to model]), ...]`` input -> output.
+    Works on the full model (its last classifier layer is the head) and on the adapter's
+    classifier-less one. See the module docstring for the grouping of each family. ViTs take
+    no weight decay on ``class_token`` and ``encoder.pos_embedding`` (nor on 1-d tensors).
     """
-    from tl_lightning.backbones._auto import param_groups_by_children
-
+    if not type(model).__module__.startswith("torchvision.models"):
+        return None
     cls = type(model).__name__
+    no_wd: list[str] = []
     if cls == "ResNet":
         spec = [("stem", ["conv1", "bn1"]), *((f"layer{i}", [f"layer{i}"]) for i in range(1, 5)), ("fc", ["fc"])]
     elif cls in ("EfficientNet", "MobileNetV2", "MobileNetV3"):
@@ -152,30 +162,22 @@ def torchvision_param_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
             ("norm", ["encoder.ln"]),
             ("heads", ["heads"]),
         ]
+        no_wd = ["class_token", "encoder.pos_embedding"]
     else:
-        return param_groups_by_children(model)
-    return _by_prefixes(model, spec)
+        fallback = spec_by_children(model)
+        head = _classifier_path(model)
+        return LayerSpec(fallback.groups, head=[head] if head else [], notes=fallback.notes)
+    head = _classifier_path(model)
+    return spec_from_prefixes(model, spec, rest="by_child", head=[head] if head else [], no_weight_decay=no_wd)
 
 
-def _by_prefixes(model: nn.Module, spec: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
-    """Assign parameter names to the first matching prefix; leftovers grouped by top-level child."""
-
-    def hit(name: str, prefix: str) -> bool:
-        return name == prefix or name.startswith(prefix + ".")
-
-    buckets: dict[str, list[str]] = {g: [] for g, _ in spec}
-    leftovers: dict[str, list[str]] = {}
-    for pname, _ in model.named_parameters():
-        for gname, prefixes in spec:
-            if any(hit(pname, pre) for pre in prefixes):
-                buckets[gname].append(pname)
-                break
-        else:
-            leftovers.setdefault(pname.split(".")[0], []).append(pname)
-    named = [(g, buckets[g]) for g, _ in spec if buckets[g]]
-    taken = {g for g, _ in named}
-    named.extend((g if g not in taken else f"{g}_rest", pns) for g, pns in leftovers.items())
-    return named
+def _classifier_path(model: nn.Module) -> str | None:
+    """Path of the model's final classifier layer when it holds parameters (not the adapter's Identity)."""
+    try:
+        path, layer = _final_classifier_layer(model)
+    except UnknownNameError:
+        return None
+    return path if any(True for _ in layer.parameters()) else None
 
 
 def _resolve_enum(arch: str, weights: str | None) -> Any:
@@ -256,6 +258,6 @@ def _list_tv() -> list[str]:
     return list_models(module=torchvision.models)
 
 
-@register_family("tv", list_names=_list_tv, description="torchvision classification models")
+@register_family("tv", list_names=_list_tv, description="torchvision classification models", layer_spec=torchvision_layer_spec)
 def _create_tv(arch: str, pretrained: bool = True, weights: str | None = None, **kwargs: Any) -> TorchvisionBackbone:
     return TorchvisionBackbone(arch, pretrained=pretrained, weights=weights, **kwargs)

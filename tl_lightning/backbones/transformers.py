@@ -15,25 +15,21 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from tl_lightning.backbones._base import (
-    Backbone,
-    ImagePreprocess,
-    LayerGroup,
-    TextPreprocess,
-    module_groups_from_param_groups,
-)
+from tl_lightning.backbones._base import Backbone, ImagePreprocess, LayerGroup, TextPreprocess
+from tl_lightning.backbones._grouping import LayerSpec, build_layer_groups, spec_by_children
 from tl_lightning.backbones._naming import group_name_from_params
 from tl_lightning.backbones._registry import register_family
 from tl_lightning.backbones._weights import KeyMap, is_local_weights, load_weights
 from tl_lightning.errors import ConfigurationError, UnknownNameError, WeightsUnavailableError
 
-__all__ = ["HFBackbone", "hf_param_groups"]
+__all__ = ["HFBackbone", "hf_layer_spec"]
 
 Pooling = Literal["auto", "cls", "mean"]
 _POOLINGS = ("auto", "cls", "mean")
@@ -209,8 +205,9 @@ class HFBackbone(Backbone):
         return {"files": files, "name": "hf:{folder}", "kwargs": kwargs}
 
     def _build_layer_groups(self) -> list[LayerGroup]:
-        named = hf_param_groups(self.model)
-        return module_groups_from_param_groups(self, [(g, [f"model.{n}" for n in pns]) for g, pns in named])
+        spec = hf_layer_spec(self.model)
+        assert spec is not None
+        return build_layer_groups(self.model, spec, prefix="model")
 
     def forward_features(self, x: Mapping[str, Tensor] | Tensor) -> Tensor:
         """Pooled features ``(batch, hidden_size)`` from token tensors or pixels."""
@@ -238,21 +235,31 @@ class HFBackbone(Backbone):
         return f"{super().extra_repr()}, pooling={self.pooling!r}"
 
 
-def hf_param_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
-    """Group a transformers model's parameter names: embeddings, each layer, what follows.
+def hf_layer_spec(model: nn.Module) -> LayerSpec | None:
+    """The layer spec of a transformers ``PreTrainedModel`` (``None`` for anything else).
 
-    The layers are the elements of the largest ``nn.ModuleList`` (by parameter count):
+    Groups: the layers are the elements of the largest ``nn.ModuleList`` (by parameter count):
     ``encoder.layer`` (BERT, RoBERTa), ``transformer.layer`` (DistilBERT), ``layers`` (ViT in
     transformers 5). Parameters before the first layer form ``embeddings``; those after the
     last layer form one group per top-level child (``pooler``, ``layernorm``, a task head
     ``classifier``), named at the depth of the layer list's parent (``bert.pooler``).
-
-    Returns:
-        ``[(group name, [parameter names relative to model]), ...]`` input -> output; a model
-        without any ``nn.ModuleList`` falls back to one group per top-level child.
+    Head: whatever a task model holds outside its base model (``classifier``, ``score``,
+    ``pre_classifier``...). No weight decay: 1-d tensors (biases, LayerNorm), as in the
+    transformers Trainer. A model without any ``nn.ModuleList`` is grouped by children.
     """
-    from tl_lightning.backbones._auto import param_groups_by_children
+    if "transformers" not in sys.modules:
+        return None
+    from transformers import PreTrainedModel
 
+    if not isinstance(model, PreTrainedModel):
+        return None
+    base_prefix = getattr(model, "base_model_prefix", "")
+    head = [
+        name
+        for name, child in model.named_children()
+        if base_prefix and getattr(model, base_prefix, None) is not None and name != base_prefix
+        and any(True for _ in child.parameters())
+    ]
     best, best_n = None, 0
     for mname, mod in model.named_modules():
         if isinstance(mod, nn.ModuleList) and len(mod) > 0:
@@ -260,11 +267,12 @@ def hf_param_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
             if n > best_n:
                 best, best_n = mname, n
     if best is None:
-        return param_groups_by_children(model)
+        fallback = spec_by_children(model)
+        return LayerSpec(fallback.groups, head=head, notes=fallback.notes)
     names = [n for n, _ in model.named_parameters()]
     layer_of = {n: n[len(best) + 1 :].split(".")[0] for n in names if n.startswith(best + ".")}
     first = next(i for i, n in enumerate(names) if n in layer_of)
-    named: list[tuple[str, list[str]]] = []
+    named: list[tuple[str | None, list[str]]] = []
     before = names[:first]
     if before:
         named.append(("embeddings", before))
@@ -279,17 +287,10 @@ def hf_param_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
             after.setdefault(n.split(".")[0], []).append(n)
     # name after-groups at the depth of the layer list's parent: "pooler", "bert.pooler", "classifier"
     depth = max(1, len(best.split(".")) - 1)
-    taken = {g for g, _ in named}
     for pns in after.values():
-        full = group_name_from_params(pns, len(named), set())
-        name = base = ".".join(full.split(".")[:depth])
-        k = 1
-        while name in taken:
-            k += 1
-            name = f"{base}_{k}"
-        taken.add(name)
-        named.append((name, pns))
-    return named
+        full = group_name_from_params(pns, len(named))
+        named.append((".".join(full.split(".")[:depth]), pns))
+    return LayerSpec(named, head=head)
 
 
 def _is_local_source(source: str) -> bool:
@@ -369,7 +370,12 @@ def _size_of(size: Any) -> int | None:
     return None
 
 
-@register_family("hf", list_names=None, description="Hugging Face transformers encoders (hub id or local folder)")
+@register_family(
+    "hf",
+    list_names=None,
+    description="Hugging Face transformers encoders (hub id or local folder)",
+    layer_spec=hf_layer_spec,
+)
 def _create_hf(source: str, pretrained: bool = True, weights: str | None = None, **kwargs: Any) -> HFBackbone:
     return HFBackbone(source, pretrained=pretrained, weights=weights, **kwargs)
 

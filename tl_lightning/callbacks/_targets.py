@@ -9,9 +9,10 @@ The fine-tuning callbacks never hard-code ``pl_module.backbone``. They resolve, 
 2. the module's own ``layer_groups()`` method (``TransferClassifier`` has one);
 3. a single :class:`~tl_lightning.backbones.Backbone` among the module's submodules.
 
-The head is every parameter of the module that is in no layer group, plus the layer groups
-named in ``head=`` (by default a last group called ``fc`` / ``classifier`` / ``head`` when
-the groups would otherwise leave nothing to train).
+The head is every parameter of the module that is in no layer group, plus the groups the
+model family declares as its head (``LayerGroup.is_head``: timm's ``pretrained_cfg
+["classifier"]``, torchvision's last classifier layer, a transformers task head), plus the
+layer groups named in ``head=``.
 """
 
 from __future__ import annotations
@@ -19,18 +20,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 
 from tl_lightning.backbones._base import Backbone, LayerGroup
 from tl_lightning.errors import ConfigurationError, LayerGroupError, UnknownNameError, did_you_mean
 
-__all__ = ["GroupsSpec", "HeadSpec", "FineTuneTargets", "resolve_targets"]
+__all__ = ["GroupsSpec", "HeadSpec", "FineTuneTargets", "resolve_targets", "shared_groups"]
 
 GroupsSpec = str | Mapping[str, str] | Sequence[Sequence[str]] | None
 HeadSpec = str | Sequence[str] | None
 
-_HEAD_NAMES = ("head", "fc", "classifier", "heads", "last_linear", "score", "lm_head")
 
 
 @dataclass(frozen=True)
@@ -130,15 +129,37 @@ def _raw_groups(pl_module: nn.Module, groups: GroupsSpec) -> list[LayerGroup]:
     )
 
 
+def shared_groups(trainer: object, me: object, own: GroupsSpec) -> GroupsSpec:
+    """``groups=`` given to one tl_lightning callback of a Trainer is seen by the others.
+
+    Returns ``own`` when set; otherwise the one ``groups`` spec set on another fine-tuning
+    callback of ``trainer`` (``None`` when none is). Two different specs are an error: the
+    callbacks would act on different layer groups.
+    """
+    if own is not None:
+        return own
+    specs = []
+    for cb in getattr(trainer, "callbacks", []):
+        spec = getattr(cb, "groups", None)
+        if cb is not me and spec is not None and getattr(cb, "shares_layer_groups", False) and spec not in specs:
+            specs.append(spec)
+    if len(specs) > 1:
+        raise ConfigurationError(
+            f"the fine-tuning callbacks of this Trainer were given different groups= ({specs}); give the same groups to "
+            "each, or to one of them only (the others use it)"
+        )
+    return specs[0] if specs else None
+
+
 def resolve_targets(pl_module: nn.Module, groups: GroupsSpec = None, head: HeadSpec = "auto") -> FineTuneTargets:
     """Resolve the scheduled layer groups and the head of ``pl_module``.
 
     Args:
         pl_module: Any ``nn.Module`` (normally the LightningModule).
         groups: See the module docstring.
-        head: Names of layer groups that belong to the head instead (always trainable), or
-            ``"auto"``: when every parameter is in a layer group, a last group named like a
-            classifier (``fc``, ``classifier``, ``head``, ...) is the head.
+        head: ``"auto"``: the head is what the grouping marks as head (the model family's
+            declared classifier) plus every parameter in no group. A name or list of names:
+            those layer groups are the head too. ``None``: only parameters in no group.
 
     Returns:
         The targets; the groups are named, unique and disjoint.
@@ -150,10 +171,7 @@ def resolve_targets(pl_module: nn.Module, groups: GroupsSpec = None, head: HeadS
     in_groups = {id(p) for g in raw for p in g.parameters()}
     rest = [(n, p) for n, p in pl_module.named_parameters() if id(p) not in in_groups]
     if head == "auto":
-        head_names: list[str] = []
-        if not rest and raw[-1].name.split(".")[-1] in _HEAD_NAMES and len(raw) > 1:
-            head_names = [raw[-1].name]
-            rank_zero_info(f"[tl_lightning] layer group {raw[-1].name!r} is the head (always trainable)")
+        head_names = [g.name for g in raw if g.is_head]
     elif head is None:
         head_names = []
     else:

@@ -1,13 +1,20 @@
 """Gradual unfreezing that stays correct under DDP, resume and any LR scheduler.
 
-Unlike Lightning's ``BackboneFinetuning``, this callback never adds optimizer param groups: it
-expects every parameter to be in the optimizer from the first step (``layerwise_param_groups``,
-``TransferClassifier`` or :class:`~tl_lightning.callbacks.LayerwiseLRDecay` do that) and only
-flips ``requires_grad``. Frozen parameters get no gradient, hence no optimizer state and no
-weight decay; schedulers never see a new group. Under DDP, parameters unfrozen after the model
-was wrapped are outside DDP's reducer, so their gradients are averaged here (Lightning issue
-20340). What is unfrozen, and since which step, is in the checkpoint, so a resumed run
-continues exactly (and never re-freezes, Lightning issue 21901).
+Unlike Lightning's ``BackboneFinetuning``, this callback never adds optimizer param groups: every
+parameter is in the optimizer from the first step, one named group per layer group, and
+unfreezing only flips ``requires_grad``. A user's optimizer built the Lightning way (trainable
+parameters only, or one group for the whole backbone) is re-partitioned once, right after
+``configure_optimizers``, into that layout (frozen parameters included, with the hyperparameters
+of the group they belong with), so warm-up and every scheduler just work. Frozen parameters get
+no gradient, hence no optimizer state and no weight decay. Under DDP, parameters unfrozen after
+the model was wrapped are outside DDP's reducer, so their gradients are averaged here
+(Lightning issue 20340). What is unfrozen, the phase, the plateau counters and (with
+``restore_best``) the phase's best weights are in the checkpoint, so a resumed run continues
+exactly (and never re-freezes, Lightning issue 21901).
+
+When to unfreeze is a plan of phases (:mod:`tl_lightning.callbacks._schedule`): fixed epochs or
+steps (``schedule``, ``unfreeze_every``), or the plateau of a monitored metric (``on_plateau``),
+each phase with its own LR scale.
 """
 
 from __future__ import annotations
@@ -23,65 +30,36 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from tl_lightning._checks import check_choice, check_int, check_number
 from tl_lightning.callbacks._ddp import OutsideReducerSync, ddp_module
+from tl_lightning.callbacks._lr_factors import StepLRFactors
+from tl_lightning.callbacks._optimizer_hook import ConfigureOptimizersHook, collect_optimizers
+from tl_lightning.callbacks._schedule import (
+    Phase,
+    UnfreezePlan,
+    parse_phases,
+    parse_schedule,
+    resolve_action,
+    resolve_item,
+)
+from tl_lightning.callbacks._targets import FineTuneTargets, GroupsSpec, HeadSpec, resolve_targets, shared_groups
+from tl_lightning.errors import CheckpointError, ConfigurationError
 from tl_lightning.freezing import frozen_norm_modules, set_norm_eval, set_requires_grad
-from tl_lightning.callbacks._targets import FineTuneTargets, GroupsSpec, HeadSpec, resolve_targets
-from tl_lightning.errors import ConfigurationError, UnknownNameError, did_you_mean
 
-__all__ = ["GradualUnfreezing"]
+__all__ = ["GradualUnfreezing", "Preset"]
 
-Strategy = Literal["all_frozen", "top_n_unfrozen", "gradual", "none"]
+Preset = Literal["all_frozen", "top_n_unfrozen", "gradual", "none"]
+_PRESETS = ("all_frozen", "top_n_unfrozen", "gradual", "none")
 Interval = Literal["epoch", "step"]
-# what one milestone unfreezes: "all", top-k more groups, or named / indexed groups
-Action = str | int | list[str | int]
-
-
-def _parse_action(at: int, value: Any) -> Action:
-    if isinstance(value, bool):
-        raise ConfigurationError(f"schedule[{at}] = {value!r}: expected group names, indices or a count")
-    if isinstance(value, int):
-        if value <= 0:
-            raise ConfigurationError(f"schedule[{at}] = {value}: the number of groups to unfreeze must be > 0")
-        return value
-    if isinstance(value, str):
-        return "all" if value == "all" else [value]
-    if isinstance(value, Sequence):
-        items = list(value)
-        if not items:
-            raise ConfigurationError(f"schedule[{at}] is empty; list the groups to unfreeze or drop the entry")
-        for v in items:
-            if isinstance(v, bool) or not isinstance(v, (str, int)):
-                raise ConfigurationError(f"schedule[{at}] entry {v!r} is not a group name or index")
-        return items
-    raise ConfigurationError(
-        f"schedule[{at}] = {value!r}: expected a list of group names / indices (-1 = top group), "
-        "an int k (unfreeze the top k still-frozen groups) or 'all'"
-    )
-
-
-def _parse_schedule(schedule: Mapping[Any, Any]) -> dict[int, Action]:
-    out: dict[int, Action] = {}
-    for key, value in dict(schedule).items():
-        try:
-            at = int(key)
-        except (TypeError, ValueError):
-            raise ConfigurationError(f"schedule key {key!r} is not an epoch/step number") from None
-        if isinstance(key, float) and not float(key).is_integer():
-            raise ConfigurationError(f"schedule key {key!r} is not a whole epoch/step number")
-        if at < 0:
-            raise ConfigurationError(f"schedule key {at} is negative; epochs and steps count from 0")
-        if at in out:
-            raise ConfigurationError(f"schedule key {at} appears twice")
-        out[at] = _parse_action(at, value)
-    return dict(sorted(out.items()))
 
 
 class GradualUnfreezing(Callback):
-    """Freeze layer groups and unfreeze them on a schedule, from the top (output side) down.
+    """Freeze layer groups and unfreeze them in phases, from the top (output side) down.
 
     The layer groups are found on any LightningModule (``groups=`` attribute path or regex
-    patterns, the module's ``layer_groups()``, or its tl_lightning ``Backbone``); the head
-    (every parameter in no layer group) always trains.
+    patterns, given here or to another tl_lightning callback of the same Trainer; the module's
+    ``layer_groups()``; or its tl_lightning ``Backbone``); the head (the model's declared
+    classifier, and every parameter in no layer group) always trains.
 
     Args:
         schedule: ``{epoch (or step): what to unfreeze}``; the value is a list of group names or
@@ -89,32 +67,57 @@ class GradualUnfreezing(Callback):
             ``"all"``. Keys may be strings (YAML).
         unfreeze_every: Instead of ``schedule``: every ``N`` epochs (steps) unfreeze
             ``groups_per_step`` more groups from the top, until all train.
-        groups_per_step: Groups unfrozen at each ``unfreeze_every`` milestone.
+        groups_per_step: Groups unfrozen at each ``unfreeze_every`` milestone or plateau.
         initially_trainable: Number of top groups trainable from the start.
-        strategy: Preset: ``"all_frozen"`` (feature extraction: only the head trains),
+        phases: Instead of ``schedule`` / ``unfreeze_every``: the phases in order, each an action
+            (as in ``schedule``) or ``{"unfreeze": action, "lr_scale": s, "max_epochs": n}``
+            (finetuning-scheduler style). A phase starts when the previous one plateaus
+            (``on_plateau``) or has run ``max_epochs`` epochs (steps).
+        on_plateau: Start the next phase when ``monitor`` has not improved for ``patience``
+            validations (the decision agreed across ranks). Without ``phases`` or ``schedule``,
+            each plateau unfreezes ``groups_per_step`` more groups; with ``schedule``, its
+            actions are taken in key order, one per plateau (keys are only the order).
+        monitor: Metric watched for plateaus (``"val/loss"``).
+        mode: ``"min"`` or ``"max"``: which direction of ``monitor`` is better.
+        patience: Validations without improvement that end a phase.
+        min_delta: Smallest change of ``monitor`` that counts as an improvement.
+        restore_best: When a phase plateaus, load the phase's best weights (by ``monitor``)
+            before unfreezing the next groups. The optimizer state is kept.
+        phase_lr_scale: LR multiplier of the groups each phase unfreezes (one number, or one
+            per phase), applied inside ``optimizer.step`` like the warm-up.
+        preset: ``"all_frozen"`` (feature extraction: only the head trains),
             ``"top_n_unfrozen"`` (the top ``initially_trainable`` groups train throughout),
             ``"gradual"`` (``unfreeze_every``, default 1), ``"none"`` (everything trains).
             Inferred from the other arguments when omitted.
-        interval: Whether schedule keys count epochs or optimizer steps.
+        interval: Whether schedule keys, ``unfreeze_every`` and ``max_epochs`` count epochs or
+            optimizer steps.
         warmup_steps: Newly unfrozen groups ramp their LR linearly from ``1/warmup_steps`` to
             1 times what the scheduler sets, over this many optimizer steps. The factor is
             applied only inside ``optimizer.step`` and undone right after, so any scheduler
-            (OneCycleLR, LambdaLR, ReduceLROnPlateau, recursive ones) keeps working. Needs one
-            optimizer param group per layer group.
+            (OneCycleLR, LambdaLR, ReduceLROnPlateau, recursive ones) keeps working.
         train_bn: Keep the norm layers of frozen groups trainable and in train mode (as
             Lightning's ``train_bn=True``). By default they are frozen and in eval mode.
         groups: Where the layer groups are (see :func:`~tl_lightning.callbacks._targets.resolve_targets`).
-        head: Layer-group names that belong to the always-trainable head (``"auto"``: a last
-            group named ``fc`` / ``classifier`` / ``head`` when nothing else would train).
+        head: Layer-group names that belong to the always-trainable head (``"auto"``: the
+            groups the model family declares as its head).
+        repartition: When the module's optimizer lacks frozen layer-group parameters (built from
+            trainable parameters only) or mixes layer groups in one param group while warm-up or
+            phase LR scales need them apart, re-partition it into one named group per layer
+            group (reported once). ``False``: an error with the fix instead.
         state_key: Distinguishes two instances in one Trainer.
         log: Log ``finetune/trainable_groups`` and ``finetune/trainable_params``.
 
     Example:
         >>> cb = GradualUnfreezing(schedule={2: [-1], 4: 2, 6: "all"}, warmup_steps=100)
         >>> cb = GradualUnfreezing(unfreeze_every=1, groups_per_step=1, initially_trainable=1)
+        >>> cb = GradualUnfreezing(on_plateau=True, monitor="val/loss", patience=2, restore_best=True)
+        >>> cb = GradualUnfreezing(phases=[["layer4"], {"unfreeze": "all", "lr_scale": 0.1, "max_epochs": 3}],
+        ...                        on_plateau=True)
         >>> cb = GradualUnfreezing.feature_extraction()
-        >>> # trainer = Trainer(callbacks=[cb]); trainer.fit(model)
     """
+
+    #: other tl_lightning callbacks of the Trainer see this callback's ``groups=``
+    shares_layer_groups = True
 
     def __init__(
         self,
@@ -123,94 +126,116 @@ class GradualUnfreezing(Callback):
         unfreeze_every: int | None = None,
         groups_per_step: int = 1,
         initially_trainable: int = 0,
-        strategy: Strategy | None = None,
+        phases: Sequence[Any] | None = None,
+        on_plateau: bool = False,
+        monitor: str = "val/loss",
+        mode: Literal["min", "max"] = "min",
+        patience: int = 1,
+        min_delta: float = 0.0,
+        restore_best: bool = False,
+        phase_lr_scale: float | Sequence[float] = 1.0,
+        preset: Preset | None = None,
         interval: Interval = "epoch",
         warmup_steps: int = 0,
         train_bn: bool = False,
         groups: GroupsSpec = None,
         head: HeadSpec = "auto",
+        repartition: bool = True,
         state_key: str | None = None,
         log: bool = True,
     ) -> None:
         super().__init__()
-        strategies = ("all_frozen", "top_n_unfrozen", "gradual", "none")
-        if strategy is not None and strategy not in strategies:
-            raise UnknownNameError(f"unknown strategy {strategy!r}{did_you_mean(strategy, strategies)}; valid: {strategies}")
-        if interval not in ("epoch", "step"):
-            raise ConfigurationError(f"interval must be 'epoch' or 'step', got {interval!r}")
-        for name, value, low in (
-            ("groups_per_step", groups_per_step, 1),
-            ("initially_trainable", initially_trainable, 0),
-            ("warmup_steps", warmup_steps, 0),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigurationError(f"{name} must be an int >= {low}, got {value!r}")
-        if unfreeze_every is not None and (
-            isinstance(unfreeze_every, bool) or not isinstance(unfreeze_every, int) or unfreeze_every < 1
-        ):
-            raise ConfigurationError(f"unfreeze_every must be an int >= 1, got {unfreeze_every!r}")
-        if schedule is not None and unfreeze_every is not None:
-            raise ConfigurationError("give either schedule={...} or unfreeze_every=N, not both")
-        if strategy is None:
-            if schedule is not None or unfreeze_every is not None:
-                strategy = "gradual"
+        if preset is not None:
+            check_choice("preset", preset, _PRESETS)
+        check_choice("interval", interval, ("epoch", "step"))
+        check_choice("mode", mode, ("min", "max"))
+        check_int("groups_per_step", groups_per_step, low=1)
+        check_int("initially_trainable", initially_trainable, low=0)
+        check_int("warmup_steps", warmup_steps, low=0)
+        check_int("patience", patience, low=1)
+        check_number("min_delta", min_delta, low=0.0)
+        if unfreeze_every is not None:
+            check_int("unfreeze_every", unfreeze_every, low=1)
+        given = [n for n, v in (("schedule", schedule), ("unfreeze_every", unfreeze_every), ("phases", phases)) if v is not None]
+        if len(given) > 1:
+            raise ConfigurationError(f"give only one of schedule, unfreeze_every or phases (got {' and '.join(given)})")
+        if on_plateau and unfreeze_every is not None:
+            raise ConfigurationError("on_plateau=True starts phases on plateaus; drop unfreeze_every (or on_plateau)")
+        if restore_best and not on_plateau:
+            raise ConfigurationError("restore_best=True needs on_plateau=True (the best weights of a phase are kept by monitor)")
+        if preset is None:
+            if given or on_plateau:
+                preset = "gradual"
             else:
-                strategy = "top_n_unfrozen" if initially_trainable > 0 else "all_frozen"
-        if strategy in ("all_frozen", "top_n_unfrozen", "none") and (schedule is not None or unfreeze_every):
-            raise ConfigurationError(f"strategy={strategy!r} unfreezes nothing during training; drop schedule/unfreeze_every")
-        if strategy == "all_frozen" and initially_trainable:
-            raise ConfigurationError("strategy='all_frozen' trains only the head; use 'top_n_unfrozen' with initially_trainable")
-        if strategy == "top_n_unfrozen" and initially_trainable < 1:
-            raise ConfigurationError("strategy='top_n_unfrozen' needs initially_trainable >= 1")
-        if strategy == "gradual" and schedule is None and unfreeze_every is None:
+                preset = "top_n_unfrozen" if initially_trainable > 0 else "all_frozen"
+        if preset in ("all_frozen", "top_n_unfrozen", "none") and (given or on_plateau):
+            raise ConfigurationError(f"preset={preset!r} unfreezes nothing during training; drop {given or ['on_plateau']}")
+        if preset == "all_frozen" and initially_trainable:
+            raise ConfigurationError("preset='all_frozen' trains only the head; use 'top_n_unfrozen' with initially_trainable")
+        if preset == "top_n_unfrozen" and initially_trainable < 1:
+            raise ConfigurationError("preset='top_n_unfrozen' needs initially_trainable >= 1")
+        if preset == "gradual" and not given and not on_plateau:
             unfreeze_every = 1
-        self.strategy: Strategy = strategy
-        self.schedule = _parse_schedule(schedule) if schedule is not None else None
+        scales = list(phase_lr_scale) if isinstance(phase_lr_scale, Sequence) else [phase_lr_scale]
+        for i, s in enumerate(scales):
+            check_number(f"phase_lr_scale[{i}]", s, low=0.0, low_open=True)
+        self.preset: Preset = preset
+        self.schedule = parse_schedule(schedule) if schedule is not None else None
+        self.phases = parse_phases(phases) if phases is not None else None
         self.unfreeze_every = unfreeze_every
         self.groups_per_step = groups_per_step
         self.initially_trainable = initially_trainable
+        self.on_plateau = bool(on_plateau)
+        self.monitor = monitor
+        self.mode = mode
+        self.patience = patience
+        self.min_delta = float(min_delta)
+        self.restore_best = bool(restore_best)
+        self.phase_lr_scale = scales
         self.interval: Interval = interval
         self.warmup_steps = warmup_steps
         self.train_bn = train_bn
         self.groups = groups
         self.head = head
+        self.repartition = repartition
         self._key = state_key
         self.log_stats = log
         # progress (checkpointed)
         self._unfrozen: list[str] | None = None
-        self._applied: list[int] = []
-        self._unfreeze_step: dict[str, int] = {}
+        self._plan: UnfreezePlan | None = None
+        self._factors = StepLRFactors(warmup_steps)
+        self._best_state: dict[str, torch.Tensor] | None = None
+        self._plan_state: dict[str, Any] | None = None  # loaded before setup built the plan
         # runtime
         self._targets: FineTuneTargets | None = None
-        self._milestones: dict[int, Action] = {}
         self._norms: list[torch.nn.Module] = []
         self._ddp_sync: OutsideReducerSync | None = None
         self._sync_enabled = True  # tests switch it off to show the drift it prevents
         self._trainer: pl.Trainer | None = None
-        self._hook_handles: list[Any] = []
-        self._saved_lrs: dict[tuple[int, int], Any] = {}
-        self._warm_groups: list[tuple[Optimizer, int, str]] = []
+        self._pl_module: pl.LightningModule | None = None
+        self._hook = ConfigureOptimizersHook(self._repartition)
+        self._restore_pending = False
 
     # ----------------------------------------------------------------- presets
     @classmethod
     def feature_extraction(cls, **kwargs: Any) -> GradualUnfreezing:
-        """Only the head trains (strategy ``all_frozen``)."""
-        return cls(strategy="all_frozen", **kwargs)
+        """Only the head trains (preset ``all_frozen``)."""
+        return cls(preset="all_frozen", **kwargs)
 
     @classmethod
     def top_n(cls, n: int, **kwargs: Any) -> GradualUnfreezing:
         """The top ``n`` layer groups and the head train throughout (``top_n_unfrozen``)."""
-        return cls(strategy="top_n_unfrozen", initially_trainable=n, **kwargs)
+        return cls(preset="top_n_unfrozen", initially_trainable=n, **kwargs)
 
     @classmethod
     def gradual(cls, every: int = 1, k: int = 1, **kwargs: Any) -> GradualUnfreezing:
         """Unfreeze ``k`` more groups from the top every ``every`` epochs (ULMFiT-style)."""
-        return cls(strategy="gradual", unfreeze_every=every, groups_per_step=k, **kwargs)
+        return cls(preset="gradual", unfreeze_every=every, groups_per_step=k, **kwargs)
 
     @classmethod
     def full(cls, **kwargs: Any) -> GradualUnfreezing:
-        """Everything trains from the start (strategy ``none``); still logs and checks the optimizer."""
-        return cls(strategy="none", **kwargs)
+        """Everything trains from the start (preset ``none``); still logs and checks the optimizer."""
+        return cls(preset="none", **kwargs)
 
     # ----------------------------------------------------------------- state
     @property
@@ -220,22 +245,33 @@ class GradualUnfreezing(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state: dict[str, Any] = {
             "unfrozen": list(self._unfrozen or []),
-            "applied": list(self._applied),
-            "unfreeze_step": dict(self._unfreeze_step),
+            "factors": self._factors.state_dict(),
+            "plan": self._plan.state_dict() if self._plan is not None else self._plan_state,
             "names": self._targets.names if self._targets else None,
         }
+        if self._best_state is not None:
+            state["best_state"] = self._best_state
+        return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "plan" not in state_dict:
+            raise CheckpointError(
+                "this checkpoint's GradualUnfreezing state comes from an older tl_lightning (no phase plan); "
+                "resume it with that version or start a new run"
+            )
         self._unfrozen = list(state_dict["unfrozen"])
-        self._applied = [int(a) for a in state_dict["applied"]]
-        self._unfreeze_step = {str(k): int(v) for k, v in state_dict["unfreeze_step"].items()}
+        self._factors.load_state_dict(state_dict["factors"])
+        self._plan_state = state_dict["plan"]
+        if self._plan is not None and self._plan_state is not None:
+            self._plan.load_state_dict(self._plan_state)
+        self._best_state = state_dict.get("best_state")
         saved = state_dict.get("names")
         if self._targets is not None:
             if saved is not None and list(saved) != self._targets.names:
-                raise ConfigurationError(
+                raise CheckpointError(
                     f"checkpoint's layer groups {saved} differ from this model's {self._targets.names}; "
                     "resume with the same model and GradualUnfreezing(groups=...)"
                 )
@@ -243,52 +279,56 @@ class GradualUnfreezing(Callback):
             # then join the reducer, and nothing is ever re-frozen
             self._apply_state()
 
-    # ----------------------------------------------------------------- helpers
-    def _resolve_index(self, item: str | int, at: int) -> str:
+    # ----------------------------------------------------------------- plan
+    def _build_plan(self) -> UnfreezePlan:
         assert self._targets is not None
         names = self._targets.names
-        if isinstance(item, int):
-            if not -len(names) <= item < len(names):
-                raise ConfigurationError(
-                    f"schedule[{at}]: group index {item} is out of range for {len(names)} layer groups "
-                    f"(valid: {-len(names)}..{len(names) - 1}, -1 = top group); groups: {names}"
-                )
-            return names[item]
-        if item not in names:
-            raise UnknownNameError(
-                f"schedule[{at}]: unknown layer group {item!r}{did_you_mean(item, names)}; valid names: {names}"
-            )
-        return item
-
-    def _build_milestones(self) -> dict[int, Action]:
-        assert self._targets is not None
-        n = len(self._targets.groups)
+        n = len(names)
         if self.initially_trainable > n:
             raise ConfigurationError(
-                f"initially_trainable={self.initially_trainable} but the model has only {n} layer groups: "
-                f"{self._targets.names}"
+                f"initially_trainable={self.initially_trainable} but the model has only {n} layer groups: {names}"
             )
-        if self.schedule is not None:
-            for at, action in self.schedule.items():
-                if isinstance(action, list):
-                    for item in action:
-                        self._resolve_index(item, at)
-            return dict(self.schedule)
-        if self.strategy == "gradual":
-            every = self.unfreeze_every or 1
-            steps = math.ceil(max(0, n - self.initially_trainable) / self.groups_per_step)
-            return {every * (i + 1): self.groups_per_step for i in range(steps)}
-        return {}
+        phases: list[Phase]
+        if self.phases is not None:
+            phases = list(self.phases)
+        elif self.schedule is not None:
+            starts = list(self.schedule) if not self.on_plateau else [None] * len(self.schedule)
+            phases = [Phase(action, start) for start, action in zip(starts, self.schedule.values())]
+        elif self.preset == "gradual":
+            count = math.ceil(max(0, n - self.initially_trainable) / self.groups_per_step)
+            every = self.unfreeze_every
+            phases = [
+                Phase(self.groups_per_step, every * (i + 1) if every is not None and not self.on_plateau else None)
+                for i in range(count)
+            ]
+        else:
+            phases = []
+        scales = self.phase_lr_scale
+        if len(scales) > 1 and len(scales) != len(phases):
+            raise ConfigurationError(f"phase_lr_scale has {len(scales)} values for {len(phases)} phases; give one or one per phase")
+        phases = [
+            Phase(p.unfreeze, p.start, p.lr_scale * (scales[i] if len(scales) > 1 else scales[0]), p.max_epochs)
+            for i, p in enumerate(phases)
+        ]
+        for i, p in enumerate(phases):
+            if isinstance(p.unfreeze, list):
+                for item in p.unfreeze:
+                    resolve_item(names, item, f"phase {i} ({'schedule[' + str(p.start) + ']' if p.start is not None else 'unfreeze'})")
+        plan = UnfreezePlan(phases, on_plateau=self.on_plateau, mode=self.mode, patience=self.patience, min_delta=self.min_delta)
+        if self._plan_state is not None:
+            plan.load_state_dict(self._plan_state)
+        return plan
 
     def _initial(self) -> list[str]:
         assert self._targets is not None
         names = self._targets.names
-        if self.strategy == "none":
+        if self.preset == "none":
             return list(names)
         return names[len(names) - self.initially_trainable :] if self.initially_trainable else []
 
+    # ----------------------------------------------------------------- freezing
     def _apply_state(self) -> None:
-        assert self._targets is not None and self._unfrozen is not None
+        assert self._targets is not None and self._unfrozen is not None and self._pl_module is not None
         unfrozen = set(self._unfrozen)
         for g in self._targets.groups:
             trainable = g.name in unfrozen
@@ -308,40 +348,117 @@ class GradualUnfreezing(Callback):
         # eval mode is set by on_train_epoch_start / on_train_batch_start (right after any
         # unfreeze too); doing it here, before fit starts, makes Lightning warn about eval modules
 
-    def _unfreeze(self, trainer: pl.Trainer, at: int, action: Action) -> None:
-        assert self._targets is not None and self._unfrozen is not None
+    def _start_phase(self, trainer: pl.Trainer, index: int, now: int) -> None:
+        assert self._targets is not None and self._unfrozen is not None and self._plan is not None
+        phase = self._plan.phases[index]
         names = self._targets.names
-        still = [n for n in names if n not in self._unfrozen]
-        if action == "all":
-            chosen = still
-        elif isinstance(action, int):
-            chosen = still[max(0, len(still) - action) :]
-        else:
-            chosen = [self._resolve_index(item, at) for item in action]
+        where = f"phase {index}" + (f" ({self.interval} {phase.start})" if phase.start is not None else "")
+        chosen = resolve_action(names, self._unfrozen, phase.unfreeze, where)
         new = [n for n in chosen if n not in self._unfrozen]
         self._unfrozen = [n for n in names if n in self._unfrozen or n in new]
         for n in new:
-            self._unfreeze_step[n] = trainer.global_step
-        self._applied.append(at)
+            self._factors.unfreeze_step[n] = trainer.global_step
+            if phase.lr_scale != 1.0:
+                self._factors.scale[n] = phase.lr_scale
+        self._plan.started(index, now)
+        self._best_state = None
         self._apply_state()
-        if new:
-            rank_zero_info(
-                f"[GradualUnfreezing] {self.interval} {at}: unfroze {new}; trainable groups "
-                f"{len(self._unfrozen)}/{len(names)}, trainable params {self._trainable_params():,}"
-            )
+        why = "plateau of " + self.monitor if phase.start is None and self.on_plateau else f"{self.interval} {now}"
+        rank_zero_info(
+            f"[GradualUnfreezing] {where}, at {self.interval} {now} ({why}): unfroze {new or 'nothing new'}"
+            f"{f' at LR x{phase.lr_scale:g}' if phase.lr_scale != 1.0 and new else ''}; trainable groups "
+            f"{len(self._unfrozen)}/{len(names)} ({', '.join(self._unfrozen) or 'head only'}), trainable params "
+            f"{self._trainable_params():,}"
+        )
 
     def _trainable_params(self) -> int:
+        assert self._pl_module is not None
         return sum(p.numel() for p in self._pl_module.parameters() if p.requires_grad)
 
     def _advance(self, trainer: pl.Trainer, now: int) -> None:
-        for at, action in self._milestones.items():
-            if at <= now and at not in self._applied:
-                self._unfreeze(trainer, at, action)
+        assert self._plan is not None
+        if self._restore_pending:
+            self._restore_best_weights()
+        for index in self._plan.due(now):
+            self._start_phase(trainer, index, now)
 
     def _log(self, pl_module: pl.LightningModule, on_step: bool) -> None:
         if self.log_stats and self._unfrozen is not None:
             pl_module.log("finetune/trainable_groups", float(len(self._unfrozen)), on_step=on_step, on_epoch=not on_step)
             pl_module.log("finetune/trainable_params", float(self._trainable_params()), on_step=on_step, on_epoch=not on_step)
+
+    # ----------------------------------------------------------------- optimizer
+    def _repartition(self, pl_module: pl.LightningModule, out: Any) -> None:
+        """One named param group per layer group, frozen parameters included, when needed."""
+        assert self._targets is not None and self._trainer is not None
+        from tl_lightning.callbacks.layer_decay import LayerwiseLRDecay
+        from tl_lightning.optim import apply_layerwise_lr_decay
+
+        if not self.repartition or any(isinstance(cb, LayerwiseLRDecay) for cb in self._trainer.callbacks):
+            return  # LayerwiseLRDecay re-partitions (with its decay) itself
+        opts, scheds = collect_optimizers(out)
+        ids = {id(p) for g in self._targets.groups for p in g.parameters()}
+        owner = {id(p): g.name for g in self._targets.groups for p in g.parameters()}
+        mine = [o for o in opts if any(id(p) in ids for pg in o.param_groups for p in pg["params"])]
+        present = {id(p) for o in opts for pg in o.param_groups for p in pg["params"]}
+        needs_split = self.warmup_steps > 0 or any(s != 1.0 for s in self.phase_lr_scale) or (
+            self.phases is not None and any(p.lr_scale != 1.0 for p in self.phases)
+        )
+        for opt in mine:
+            missing = ids - present
+            mixed = any(len({owner[id(p)] for p in pg["params"] if id(p) in owner}) > 1 for pg in opt.param_groups)
+            mixed = mixed or any(
+                any(id(p) in owner for p in pg["params"]) and any(id(p) not in owner for p in pg["params"])
+                for pg in opt.param_groups
+            )
+            if not missing and not (needs_split and mixed):
+                continue
+            if all("layer_group" in pg for pg in opt.param_groups):
+                continue
+            before = len(opt.param_groups)
+            apply_layerwise_lr_decay(
+                opt,
+                self._targets.groups,
+                decay=1.0,
+                head=self._targets.head,
+                schedulers=[s for s in scheds if getattr(s, "optimizer", None) is opt],
+                no_decay=_keep_weight_decay,
+                include_frozen=len(mine) == 1,
+            )
+            reason = f"{len(missing)} frozen parameter(s) were not in it" if missing else "warm-up needs groups apart"
+            rank_zero_info(
+                f"[GradualUnfreezing] re-partitioned {type(opt).__name__} ({before} -> {len(opt.param_groups)} param "
+                f"groups; {reason}): "
+                + ", ".join(f"{g['name']}: lr {float(g['lr']):.3g}" for g in opt.param_groups)
+            )
+
+    # ----------------------------------------------------------------- plateau
+    def _on_validation(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self._plan is not None
+        if trainer.sanity_checking or not self.on_plateau or self._plan.finished:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            raise ConfigurationError(
+                f"GradualUnfreezing(on_plateau=True) monitors {self.monitor!r}, which was not logged; logged: "
+                f"{sorted(trainer.callback_metrics)}. Fix: set monitor= to one of them"
+            )
+        improved = self._plan.observe(float(value))
+        # ranks must agree: a phase change on one rank only would desynchronise the replicas
+        plateaued = trainer.strategy.reduce_boolean_decision(self._plan.plateaued, all=True)
+        self._plan.plateaued = bool(plateaued)
+        if improved and self.restore_best:
+            self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
+        if self._plan.plateaued and self.restore_best and self._best_state is not None:
+            self._restore_pending = True
+
+    def _restore_best_weights(self) -> None:
+        assert self._pl_module is not None
+        self._restore_pending = False
+        if self._best_state is None:
+            return
+        self._pl_module.load_state_dict(self._best_state)
+        rank_zero_info(f"[GradualUnfreezing] restored the phase's best weights ({self.monitor}={self._plan.best if self._plan else '?'})")
 
     # ----------------------------------------------------------------- hooks
     @override
@@ -350,12 +467,13 @@ class GradualUnfreezing(Callback):
             return
         self._trainer = trainer
         self._pl_module = pl_module
-        self._targets = resolve_targets(pl_module, self.groups, self.head)
-        self._milestones = self._build_milestones()
+        self._targets = resolve_targets(pl_module, shared_groups(trainer, self, self.groups), self.head)
+        self._plan = self._build_plan()
         if self._unfrozen is None:  # a second fit() on the same callback keeps its progress
             self._unfrozen = self._initial()
         # freeze before DDP wraps the model, so frozen parameters stay out of its reducer
         self._apply_state()
+        self._hook.attach(pl_module)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -366,9 +484,8 @@ class GradualUnfreezing(Callback):
             raise ConfigurationError(
                 f"GradualUnfreezing only flips requires_grad and never adds optimizer param groups, but "
                 f"{len(missing)} layer-group parameter(s) are in no optimizer param group, e.g. {missing[:4]}. "
-                "Fix: build the optimizer over all parameters (e.g. AdamW(self.parameters()), not "
-                "filter(requires_grad)), use tl_lightning.optim.layerwise_param_groups, or add "
-                "tl_lightning.callbacks.LayerwiseLRDecay (which includes them)."
+                "Fix: keep repartition=True (the default), build the optimizer over all parameters (e.g. "
+                "AdamW(self.parameters())), or use tl_lightning.optim.layerwise_param_groups."
             )
         wrapped = ddp_module(trainer.strategy.model)
         self._ddp_sync = None
@@ -380,65 +497,25 @@ class GradualUnfreezing(Callback):
                 f"GradualUnfreezing: strategy {type(trainer.strategy).__name__} is not DDP; gradients of "
                 "groups unfrozen during training are averaged across ranks only under DDP strategies."
             )
-        self._install_warmup(trainer)
-
-    def _install_warmup(self, trainer: pl.Trainer) -> None:
-        for h in self._hook_handles:
-            h.remove()
-        self._hook_handles = []
-        self._warm_groups = []
-        if not self.warmup_steps:
-            return
-        assert self._targets is not None
-        owner = {id(p): g.name for g in self._targets.groups for p in g.parameters()}
-        for opt in trainer.optimizers:
-            for i, pg in enumerate(opt.param_groups):
-                names = {owner.get(id(p), "<head>") for p in pg["params"]}
-                scheduled = names - {"<head>"}
-                if not scheduled:
-                    continue
-                if len(names) > 1:
-                    raise ConfigurationError(
-                        f"warmup_steps needs one optimizer param group per layer group, but param group {i} "
-                        f"mixes {sorted(names)}. Fix: add LayerwiseLRDecay (decay=1.0 keeps the LRs) or build "
-                        "the optimizer with tl_lightning.optim.layerwise_param_groups."
-                    )
-                self._warm_groups.append((opt, i, scheduled.pop()))
-            self._hook_handles.append(opt.register_step_pre_hook(self._warmup_pre))
-            self._hook_handles.append(opt.register_step_post_hook(self._warmup_post))
+        self._factors.install(
+            trainer.optimizers,
+            self._targets.groups,
+            lambda: trainer.global_step,
+            force=self._plan is not None and any(p.lr_scale != 1.0 for p in self._plan.phases),
+        )
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # A second fit() with a new Trainer restarts global_step at 0 while this callback keeps its
         # progress: groups unfrozen in the earlier fit have finished their warm-up (runs resumed
         # from a checkpoint restore global_step first, so they are not affected).
-        for name, start in self._unfreeze_step.items():
+        for name, start in self._factors.unfreeze_step.items():
             if start > trainer.global_step:
-                self._unfreeze_step[name] = trainer.global_step - self.warmup_steps
+                self._factors.unfreeze_step[name] = trainer.global_step - self.warmup_steps
 
     def warmup_factor(self, name: str, step: int) -> float:
-        """LR factor of group ``name`` at optimizer step ``step`` (global_step before the step)."""
-        start = self._unfreeze_step.get(name)
-        if start is None or not self.warmup_steps:
-            return 1.0
-        return min(1.0, (step - start + 1) / self.warmup_steps)
-
-    def _warmup_pre(self, opt: Optimizer, args: Any, kwargs: Any) -> None:
-        assert self._trainer is not None
-        step = self._trainer.global_step
-        for o, i, name in self._warm_groups:
-            if o is opt:
-                f = self.warmup_factor(name, step)
-                if f < 1.0:
-                    pg = opt.param_groups[i]
-                    self._saved_lrs[(id(opt), i)] = pg["lr"]
-                    pg["lr"] = pg["lr"] * f
-
-    def _warmup_post(self, opt: Optimizer, args: Any, kwargs: Any) -> None:
-        for (oid, i), lr in list(self._saved_lrs.items()):
-            if oid == id(opt):
-                opt.param_groups[i]["lr"] = lr  # the exact object back: schedulers see their own value
-                del self._saved_lrs[(oid, i)]
+        """LR factor of group ``name`` at optimizer step ``step`` (warm-up times phase scale)."""
+        return self._factors.factor(name, step)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -457,15 +534,23 @@ class GradualUnfreezing(Callback):
         set_norm_eval(self._norms)
 
     @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._on_validation(trainer, pl_module)
+
+    @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer) -> None:
         if self._ddp_sync is not None and self._sync_enabled:
             self._ddp_sync.sync()
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        for h in self._hook_handles:
-            h.remove()
-        self._hook_handles = []
+        self._factors.remove()
+        if stage == "fit":
+            self._hook.detach()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._hook.detach()
 
     @property
     def unfrozen_groups(self) -> list[str]:
@@ -476,4 +561,14 @@ class GradualUnfreezing(Callback):
     def layer_group_names(self) -> list[str]:
         """Names of the scheduled layer groups (after ``setup``)."""
         return self._targets.names if self._targets else []
+
+    @property
+    def targets(self) -> FineTuneTargets | None:
+        """The resolved layer groups and head (after ``setup``)."""
+        return self._targets
+
+
+def _keep_weight_decay(name: str, param: Any) -> bool:
+    """Re-partitioning for unfreezing keeps every parameter's weight decay as the user set it."""
+    return False
 
