@@ -171,6 +171,8 @@ def test_fit_and_predict_with_tiny_bert(tmp_path: Path, tiny_bert_dir: Path) -> 
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, dm)
     assert {"train/loss", "val/loss", "val/acc", "val/f1"} <= set(trainer.callback_metrics)
+    # the model records how its inputs were read (kept in checkpoints for prediction)
+    assert model.data_settings == {"text_column": "text", "max_length": 128, "encoding": "utf-8", "separator": None}
     assert 0.0 <= trainer.test(model, dm, verbose=False)[0]["test/acc"] <= 1.0
     probs = torch.cat(trainer.predict(model, dm))
     assert probs.shape == (len(dm.predict_ids), 2)

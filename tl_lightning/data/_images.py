@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from tl_lightning.errors import ConfigurationError, DataError
 
@@ -76,13 +76,13 @@ def decode_image(source: str | Path | Image.Image, channels: int = 3) -> Image.I
     if channels not in (1, 3):
         raise ConfigurationError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
     if isinstance(source, Image.Image):
-        return convert_image(_oriented(source, "<in-memory image>"), channels, "<in-memory image>")
+        return _oriented(convert_image(source, channels, "<in-memory image>"), _orientation(source))
     path = Path(source)
     try:
         with Image.open(path) as img:
             img.load()  # a full decode: headers alone let truncated files through
-            img = _oriented(img, str(path))
-            return convert_image(img, channels, str(path))
+            # the bit depth comes from the opened file (its format, TIFF tags): convert first
+            return _oriented(convert_image(img, channels, str(path)), _orientation(img))
     except DataError:
         raise
     except READ_ERRORS as err:
@@ -119,15 +119,28 @@ def convert_image(img: Image.Image, channels: int, name: str = "<in-memory image
     )
 
 
-def _oriented(img: Image.Image, name: str) -> Image.Image:
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}  # EXIF orientation -> the transposition that undoes it (as PIL's ImageOps.exif_transpose)
+
+
+def _orientation(img: Image.Image) -> int:
     try:
-        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+        value = img.getexif().get(ExifTags.Base.Orientation, 1)
     except READ_ERRORS:  # a damaged EXIF block is no reason to drop the pixels
-        return img
-    if orientation in (None, 1):
-        return img
-    transposed = ImageOps.exif_transpose(img)
-    return img if transposed is None else transposed
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def _oriented(img: Image.Image, orientation: int) -> Image.Image:
+    method = _TRANSPOSE.get(orientation)
+    return img if method is None else img.transpose(method)
 
 
 def _flatten(img: Image.Image, target: str) -> Image.Image:

@@ -253,7 +253,8 @@ def read_table(path: str | Path, encoding: str = "utf-8", separator: str | None 
         encoding: Text encoding of the file (``"utf-8"`` default; a UTF-8 byte-order mark is
             dropped). Files from Excel on Windows are often ``"cp1252"``.
         separator: Field separator of CSV / TSV files: one character, ``None`` (default) for
-            ``","`` (``.csv``) or ``"\\t"`` (``.tsv``). Not used for JSON.
+            ``","`` (``.csv``) or ``"\\t"`` (``.tsv``). JSON files have no separator and ignore it
+            (so one setting serves a CSV training file and a JSONL predict file).
 
     Returns:
         A ``pandas.DataFrame`` of object columns in file order.
@@ -262,8 +263,7 @@ def read_table(path: str | Path, encoding: str = "utf-8", separator: str | None 
         DataError: The file is missing or empty, has an unsupported extension, cannot be decoded
             with ``encoding`` (the message gives the byte position and line), looks separated by
             another character than ``separator``, or has malformed rows (named by line).
-        ConfigurationError: ``encoding`` or ``separator`` is invalid, or a separator is given
-            for a JSON file.
+        ConfigurationError: ``encoding`` or ``separator`` is invalid.
 
     Example:
         >>> read_table("reviews.csv", separator=";")["label"].tolist()  # doctest: +SKIP
@@ -281,10 +281,6 @@ def read_table(path: str | Path, encoding: str = "utf-8", separator: str | None 
         raise DataError(
             f"unsupported data file {str(p)!r}: extension {fmt or '(none)'!r}; supported: {list(TABLE_FORMATS)}, "
             f"optionally compressed with {list(COMPRESSIONS)}"
-        )
-    if separator is not None and fmt in (".jsonl", ".json"):
-        raise ConfigurationError(
-            f"separator={separator!r} is for CSV / TSV files, and {str(p)!r} is JSON; remove the separator setting"
         )
     try:
         if fmt in (".jsonl", ".json"):

@@ -114,9 +114,9 @@ class TextClassificationDataModule(ClassificationDataModule):
             dropped). A file that does not decode is an error naming the byte position; files
             saved by Excel on Windows are often ``"cp1252"``.
         separator: Field separator of CSV / TSV files, one character (``";"``, ``"|"``,
-            ``"\\t"``). ``None`` (default): ``","`` for ``.csv``, tab for ``.tsv``. A file that
-            reads as a single column whose header contains another separator is an error
-            naming it.
+            ``"\\t"``). ``None`` (default): ``","`` for ``.csv``, tab for ``.tsv``; JSON files
+            ignore it. A file that reads as a single column whose header contains another
+            separator is an error naming it.
         batch_size: Batch size of every loader.
         num_workers: DataLoader workers.
         seed: Seed of the splits and the subsample.
