@@ -6,8 +6,10 @@ Example:
     ...              GradualUnfreezing(groups="model", unfreeze_every=1, warmup_steps=50)]
 """
 
+from tl_lightning.callbacks.checkpoint import LastAndBestCheckpoint
+from tl_lightning.callbacks.exact_resume import ExactResume
 from tl_lightning.callbacks.gradual_unfreezing import GradualUnfreezing
 from tl_lightning.callbacks.layer_decay import LayerwiseLRDecay
 from tl_lightning.optim._repartition import apply_layerwise_lr_decay
 
-__all__ = ["GradualUnfreezing", "LayerwiseLRDecay", "apply_layerwise_lr_decay"]
+__all__ = ["ExactResume", "GradualUnfreezing", "LastAndBestCheckpoint", "LayerwiseLRDecay", "apply_layerwise_lr_decay"]

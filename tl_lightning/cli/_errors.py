@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Iterator
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf.errors import MissingMandatoryValue
 
 from tl_lightning.errors import TLError
@@ -50,6 +51,10 @@ def _chain(err: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+
+
 def user_error_message(err: BaseException) -> str | None:
     """A one-paragraph message for errors caused by the config or the data, else ``None``.
 
@@ -65,8 +70,9 @@ def user_error_message(err: BaseException) -> str | None:
     key = err.key if isinstance(err, ConfigStepError) else None
     where = f" in {key}" if key else ""
     for cause in _chain(err):
-        if isinstance(cause, TLError):
-            return f"error{where}: {type(cause).__name__}: {cause}"
+        # Lightning's word for a bad Trainer / callback argument (accelerator, devices, precision, ...)
+        if isinstance(cause, (TLError, MisconfigurationException)):
+            return f"error{where}: {type(cause).__name__}: {_one_line(str(cause))}"
         if isinstance(cause, MissingMandatoryValue):
             full_key = getattr(cause, "full_key", None) or "?"
             return (

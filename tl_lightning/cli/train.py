@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,17 +29,32 @@ import hydra
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from tl_lightning.callbacks.exact_resume import ExactResume
 from tl_lightning.cli._config import config_dir, prepare_omegaconf
+from tl_lightning.cli._csv_logger import ResumableCSVLogger, resume_step_of
 from tl_lightning.cli._errors import config_step, exit_on_user_error
+from tl_lightning.cli._interrupt import InterruptHandler, RunInterrupted
+from tl_lightning.cli._preflight import (
+    check_accelerator,
+    check_batchnorm_last_batch,
+    check_monitored_splits,
+    check_target_arguments,
+    check_test_split,
+    check_train_or_checkpoint,
+    check_trainer_numbers,
+)
+from tl_lightning.cli._resume import expand_resume, resume_command
 from tl_lightning.cli._summary import RunSummary
-from tl_lightning.errors import ConfigurationError
+from tl_lightning.errors import CheckpointError, ConfigurationError, TLError
+from tl_lightning.modules._checkpoint import read_checkpoint
+from tl_lightning.modules.classifier import CHECKPOINT_KEY
 
 __all__ = ["main", "train"]
 
 
-def _instantiate_dict(node: DictConfig | None, key: str) -> list[Any]:
+def _instantiate_dict(node: DictConfig | None, key: str) -> dict[str, Any]:
     """Instantiate every entry of a dict-of-configs group (callbacks, logger); None entries are skipped."""
-    objects: list[Any] = []
+    objects: dict[str, Any] = {}
     if node is None:
         return objects
     for name, entry in node.items():
@@ -49,7 +65,8 @@ def _instantiate_dict(node: DictConfig | None, key: str) -> list[Any]:
                 f"{key}.{name} must be a config with a `_target_` (or null to disable it), got {entry!r}"
             )
         with config_step(f"{key}.{name}"):
-            objects.append(hydra.utils.instantiate(entry, _convert_="all"))
+            check_target_arguments(entry, f"{key}.{name}")
+            objects[str(name)] = hydra.utils.instantiate(entry, _convert_="all")
     return objects
 
 
@@ -76,8 +93,83 @@ def _write_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
+def _source_key(data_cfg: DictConfig, split: str) -> str:
+    """The data config key that points at a separate ``split`` source (``data.test_dir`` / ``data.test_path``)."""
+    for suffix in ("dir", "path"):
+        if f"{split}_{suffix}" in data_cfg:
+            return f"data.{split}_{suffix}"
+    return f"data.{split}_*"
+
+
+def _check_data_before_training(
+    cfg: DictConfig, datamodule: Any, model: Any, callbacks: dict[str, Any], trainer: Any, do_train: bool, do_test: bool
+) -> None:
+    with config_step("data"):
+        for stage, wanted in (("fit", do_train), ("test", do_test)):
+            if wanted:
+                datamodule.setup(stage)
+        sizes = datamodule.split_sizes()
+        if do_test:
+            reason = f"data.test_fraction={cfg.data.get('test_fraction')} and no {_source_key(cfg.data, 'test')}"
+            check_test_split(do_test, sizes, reason)
+    if not do_train:
+        return
+    with config_step("callbacks"):
+        check_monitored_splits(sizes, callbacks)
+    limit = trainer.limit_train_batches
+    if sizes.get("train") and (limit is None or (isinstance(limit, float) and limit == 1.0)) and not trainer.overfit_batches:
+        with config_step("data"):
+            check_batchnorm_last_batch(
+                model,
+                lambda: next(iter(datamodule.train_dataloader())),
+                train_size=sizes["train"],
+                batch_size=int(datamodule.batch_size),
+                world_size=trainer.world_size,
+                drop_last=getattr(datamodule, "drop_last", None),
+            )
+
+
+def _check_resume_fits(checkpoint: dict[str, Any], model: Any, ckpt_path: str) -> None:
+    """A checkpoint of another modality is refused before Lightning builds anything around it."""
+    saved = checkpoint.get(CHECKPOINT_KEY) or {}
+    modality = saved.get("modality")
+    mine = model.backbone.preprocess.modality
+    if modality is not None and modality != mine:
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path!r} holds a {modality} model ({saved.get('backbone')!r}) but this run builds a "
+            f"{mine} model ({model.hparams.backbone!r}). Fix: resume with the checkpoint's backbone and data "
+            "(tl-train --resume <run folder> replays them), or start a new run without ckpt_path"
+        )
+
+
+def _resume_hint(output_dir: Path, last: str | None) -> str | None:
+    if last is None:
+        return None
+    if (output_dir / ".hydra" / "overrides.yaml").is_file():
+        return resume_command(output_dir)
+    return f"the same config with ckpt_path={last}"
+
+
+def _interrupted(stop: RunInterrupted | None, handler: InterruptHandler, trainer: Any) -> RunInterrupted | None:
+    """The interruption of ``fit``, also when Lightning's own handling ended it (second Ctrl+C, SIGTERM)."""
+    if stop is not None:
+        return stop
+    if handler.signum is None:
+        return None
+    last = getattr(trainer.checkpoint_callback, "last_model_path", "") or None
+    return RunInterrupted(
+        handler.signum, last, saved_now=False, epoch=trainer.current_epoch, global_step=trainer.global_step
+    )
+
+
 def train(cfg: DictConfig) -> RunSummary:
     """Run one training (and test) job from a composed ``train.yaml`` config.
+
+    Checks the config and the data before training (one clear error instead of a failure after
+    an epoch), trains, tests the best checkpoint and writes ``summary.json``. A run stopped by
+    SIGINT / SIGTERM saves ``checkpoints/last.ckpt``, writes ``summary.json`` with status
+    ``"interrupted"`` and raises :class:`~tl_lightning.cli._interrupt.RunInterrupted`; an
+    error during training writes status ``"failed"`` and propagates.
 
     Args:
         cfg: The composed config (from ``tl-train`` or ``hydra.compose``). ``cfg.paths.output_dir``
@@ -90,10 +182,22 @@ def train(cfg: DictConfig) -> RunSummary:
 
     start = time.perf_counter()
     _apply_extras(cfg)
+    do_train, do_test = bool(cfg.get("train", True)), bool(cfg.get("test", True))
+    ckpt_path = cfg.get("ckpt_path")
+    check_train_or_checkpoint(do_train, ckpt_path)
+    checkpoint: dict[str, Any] | None = None
+    if ckpt_path:
+        with config_step("ckpt_path"):
+            checkpoint = read_checkpoint(ckpt_path)
+    with config_step("trainer"):
+        check_trainer_numbers(cfg.trainer)
+        check_accelerator(cfg.trainer)
+        check_target_arguments(cfg.trainer, "trainer")
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 
     with config_step("data"):
+        check_target_arguments(cfg.data, "data")
         # plain containers: hyperparameters saved in checkpoints must load with weights_only=True
         datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
         labels = [str(label) for label in datamodule.labels]
@@ -105,64 +209,129 @@ def train(cfg: DictConfig) -> RunSummary:
             f"(data.label_separator={cfg.data.get('label_separator')!r}). Fix: add model.task={data_task}"
         )
     with config_step(f"model (backbone.name={cfg.backbone.name!r})"):
+        check_target_arguments(cfg.model, "model")
         model = hydra.utils.instantiate(cfg.model, labels=labels, num_classes=len(labels), _convert_="all")
+    if checkpoint is not None and do_train:
+        with config_step("ckpt_path"):
+            _check_resume_fits(checkpoint, model, str(ckpt_path))
     with config_step("data"):
         datamodule.set_preprocess(model.backbone.preprocess)
 
     callbacks = _instantiate_dict(cfg.get("callbacks"), "callbacks")
-    loggers = _instantiate_dict(cfg.get("logger"), "logger")
+    loggers = list(_instantiate_dict(cfg.get("logger"), "logger").values())
+    resume_step = resume_step_of(checkpoint) if checkpoint is not None and do_train else None
+    for logger in loggers:
+        if isinstance(logger, ResumableCSVLogger) and resume_step is not None:
+            logger.continue_after(resume_step)
+    interrupt = InterruptHandler()
+    # first, so callbacks drawing random numbers at the same hook see the restored RNG state
+    all_callbacks = [ExactResume(), *callbacks.values(), *([interrupt] if do_train else [])]
     with config_step("trainer"):
-        trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        trainer = hydra.utils.instantiate(cfg.trainer, callbacks=all_callbacks, logger=loggers or False)
+    _check_data_before_training(cfg, datamodule, model, callbacks, trainer, do_train, do_test)
 
     _write_json(output_dir / "labels.json", labels)
 
-    train_seconds = None
-    val_metrics: dict[str, Any] = {}
-    if cfg.get("train", True):
-        t0 = time.perf_counter()
-        with config_step("trainer.fit"):
-            trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        train_seconds = time.perf_counter() - t0
-        val_metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    def summary(**fields: Any) -> RunSummary:
+        checkpoint_cb = trainer.checkpoint_callback
+        best_score = getattr(checkpoint_cb, "best_model_score", None)
+        last = getattr(checkpoint_cb, "last_model_path", "") or None
+        values: dict[str, Any] = dict(
+            task_name=str(cfg.task_name),
+            output_dir=str(output_dir),
+            backbone=str(cfg.backbone.name),
+            labels=labels,
+            total_seconds=time.perf_counter() - start,
+            epochs=trainer.current_epoch if do_train else None,
+            global_step=trainer.global_step if do_train else None,
+            best_checkpoint=getattr(checkpoint_cb, "best_model_path", "") or None,
+            best_score=float(best_score) if best_score is not None else None,
+            monitor=getattr(checkpoint_cb, "monitor", None),
+            last_checkpoint=last if last and Path(last).is_file() else None,
+            resumed_from=str(ckpt_path) if ckpt_path and do_train else None,
+            val_metrics={k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
+        )
+        values.update(fields)
+        result = RunSummary(**values)
+        if trainer.is_global_zero:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            result.save(output_dir / "summary.json")
+        return result
 
-    checkpoint = trainer.checkpoint_callback
-    best_ckpt = getattr(checkpoint, "best_model_path", "") or None
-    best_score = getattr(checkpoint, "best_model_score", None)
+    train_seconds = None
+    if do_train:
+        t0 = time.perf_counter()
+        stop: RunInterrupted | None = None
+        interrupt.install()
+        try:
+            with config_step("trainer.fit"):
+                trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+        except RunInterrupted as err:
+            stop = err
+        except SystemExit:
+            # Lightning ends a second Ctrl+C (KeyboardInterrupt) with sys.exit(1) and SIGTERM
+            # that reached it before our handler with SIGTERMException (exit status 0)
+            if interrupt.signum is None:
+                raise
+        except BaseException as err:
+            start_step = int(checkpoint.get("global_step", 0)) if checkpoint is not None else 0
+            if checkpoint is None or trainer.global_step > start_step:
+                # the last good checkpoint stays; summary.json says what stopped the run
+                summary(status="failed", stopped_by=f"{type(_root_cause(err)).__name__}: {_root_cause(err)}"[:500],
+                        train_seconds=time.perf_counter() - t0)
+            raise
+        finally:
+            interrupt.uninstall()
+        train_seconds = time.perf_counter() - t0
+        stop = _interrupted(stop, interrupt, trainer)
+        if stop is not None:
+            result = summary(
+                status="interrupted",
+                stopped_by=stop.signal_name,
+                train_seconds=train_seconds,
+                last_checkpoint=stop.checkpoint,
+                resume_command=_resume_hint(output_dir, stop.checkpoint),
+            )
+            if trainer.is_global_zero:
+                print(result.format(), flush=True)
+            raise stop
+
+    checkpoint_cb = trainer.checkpoint_callback
+    best_ckpt = getattr(checkpoint_cb, "best_model_path", "") or None
     test_metrics: dict[str, Any] = {}
-    if cfg.get("test", True):
-        ckpt_path = best_ckpt if cfg.get("train", True) else cfg.get("ckpt_path")
-        if ckpt_path is None and cfg.get("train", True) and not trainer.fast_dev_run:
+    if do_test:
+        test_ckpt = best_ckpt if do_train else ckpt_path
+        if test_ckpt is None and do_train and not trainer.fast_dev_run:
             from lightning.pytorch.utilities import rank_zero_warn
 
             rank_zero_warn("no best checkpoint was saved; testing the weights at the end of training")
         with config_step("trainer.test"):
-            results = trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+            results = trainer.test(model=model, datamodule=datamodule, ckpt_path=test_ckpt)
         test_metrics = dict(results[0]) if results else {}
 
-    summary = RunSummary(
-        task_name=str(cfg.task_name),
-        output_dir=str(output_dir),
-        backbone=str(cfg.backbone.name),
-        labels=labels,
-        train_seconds=train_seconds,
-        total_seconds=time.perf_counter() - start,
-        epochs=trainer.current_epoch if cfg.get("train", True) else None,
-        best_checkpoint=best_ckpt,
-        best_score=float(best_score) if best_score is not None else None,
-        monitor=getattr(checkpoint, "monitor", None),
-        val_metrics=val_metrics,
-        test_metrics=test_metrics,
-    )
+    result = summary(train_seconds=train_seconds, test_metrics=test_metrics)
     if trainer.is_global_zero:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        summary.save(output_dir / "summary.json")
-        print(summary.format(), flush=True)
-    return summary
+        print(result.format(), flush=True)
+    return result
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost cause (the library error under Hydra's and config_step's wrappers)."""
+    seen: set[int] = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        inner = getattr(err, "error", None) or err.__cause__
+        if inner is None:
+            break
+        err = inner
+    return err
 
 
 def _task(cfg: DictConfig) -> float | None:
     try:
         summary = train(cfg)
+    except RunInterrupted as stop:
+        raise SystemExit(stop.exit_code) from None
     except Exception as err:
         exit_on_user_error(err)
         raise
@@ -176,9 +345,14 @@ def _task(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    """Console entry point of ``tl-train`` (Hydra parses ``sys.argv``)."""
+    """Console entry point of ``tl-train`` (Hydra parses ``sys.argv``; ``--resume <run folder>`` first)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     prepare_omegaconf()
+    try:
+        sys.argv = [sys.argv[0], *expand_resume(sys.argv[1:])]
+    except TLError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(_task)
     app()
 
