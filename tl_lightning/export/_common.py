@@ -29,6 +29,7 @@ from tl_lightning._checks import check_number
 from tl_lightning.errors import ConfigurationError, ExportError
 
 __all__ = [
+    "CHECK_TEXTS",
     "MANIFEST_NAME",
     "Batch",
     "ExportCheck",
@@ -58,8 +59,8 @@ MANIFEST_NAME = "tl_lightning.json"
 Batch = Union[Tensor, dict[str, Tensor]]
 _TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Texts of different lengths, so the check batches pad differently from the trace batch.
-_TRACE_TEXTS = ("an exported model", "is checked against the module it came from")
-_CHECK_TEXTS = (
+TRACE_TEXTS = ("an exported model", "is checked against the module it came from")
+CHECK_TEXTS = (
     ("a short text", "a longer text, with punctuation and some rarer words: export, verify!", "x"),
     ("one text alone, no padding at all",),
 )
@@ -111,7 +112,7 @@ def model_inputs(model: Any) -> list[str]:
     """The names of the exported model's inputs: ``["pixel_values"]`` or the token tensors it uses."""
     if model.preprocess.modality == "image":
         return ["pixel_values"]
-    encoded = model.preprocess(list(_TRACE_TEXTS))
+    encoded = model.preprocess(list(TRACE_TEXTS))
     encoder = getattr(model.backbone, "model", None)
     accepted = set(inspect.signature(encoder.forward).parameters) if encoder is not None else set(_TEXT_INPUTS)
     names = [n for n in _TEXT_INPUTS if n in encoded and n in accepted]
@@ -133,7 +134,7 @@ def trace_batch(model: Any) -> Batch:
     if model.preprocess.modality == "image":
         generator = torch.Generator().manual_seed(0)
         return torch.randn(2, *model.preprocess.input_size, generator=generator)
-    return _text_batch(model, _TRACE_TEXTS, model_inputs(model))
+    return _text_batch(model, TRACE_TEXTS, model_inputs(model))
 
 
 def check_batches(model: Any) -> list[Batch]:
@@ -142,7 +143,7 @@ def check_batches(model: Any) -> list[Batch]:
         generator = torch.Generator().manual_seed(1)
         return [torch.randn(3, *model.preprocess.input_size, generator=generator)]
     names = model_inputs(model)
-    return [_text_batch(model, texts, names) for texts in _CHECK_TEXTS]
+    return [_text_batch(model, texts, names) for texts in CHECK_TEXTS]
 
 
 def batch_shape(batch: Batch) -> list[int]:

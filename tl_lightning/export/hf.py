@@ -34,7 +34,7 @@ import torch
 
 from tl_lightning.errors import ConfigurationError, ExportError
 from tl_lightning.export._common import (
-    _CHECK_TEXTS,
+    CHECK_TEXTS,
     ExportCheck,
     check_atol,
     check_batches,
@@ -128,16 +128,28 @@ def _write_folder(model: Any, stage: Path, class_name: str) -> str | None:
 
 
 def _check_folder(model: Any, stage: Path, atol: float, native_class: str | None) -> ExportCheck:
-    """Load the folder with each documented loader and compare with the module."""
+    """Load the folder with each documented loader and compare with the module.
+
+    Text models are checked on what the saved tokenizer returns (every key it gives, as a user
+    passes ``**tokenizer(texts)``), after checking it tokenizes as the model was trained.
+    """
     import transformers
     from transformers import AutoModel
 
     modality = model.preprocess.modality
-    names = model_inputs(model)
-    batches = check_batches(model)
     auto_name = hf_auto_class(modality)
     auto_cls = getattr(transformers, auto_name)
     folder = str(stage)
+    loaders = []
+    if modality == "text":
+        batches = _check_tokenizer(model, folder)
+        loaders.append("transformers.AutoTokenizer.from_pretrained(folder)")
+    else:
+        from transformers import AutoImageProcessor
+
+        AutoImageProcessor.from_pretrained(folder)
+        loaders.append("transformers.AutoImageProcessor.from_pretrained(folder)")
+        batches = check_batches(model)
 
     def call(module: Any) -> Any:
         def run(batch: Any) -> torch.Tensor:
@@ -148,7 +160,6 @@ def _check_folder(model: Any, stage: Path, atol: float, native_class: str | None
 
         return run
 
-    loaders = []
     with quiet_transformers():
         classifier = auto_cls.from_pretrained(folder, trust_remote_code=True).eval()
     worst, shapes = compare_logits(
@@ -186,25 +197,25 @@ def _check_folder(model: Any, stage: Path, atol: float, native_class: str | None
     diff, _ = compare_logits(model, encoder_logits, batches, atol, "AutoModel.from_pretrained(folder) + the head")
     worst = max(worst, diff)
     loaders.append("transformers.AutoModel.from_pretrained(folder)")
-
-    if modality == "text":
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        for texts, batch in zip(_CHECK_TEXTS, batches):
-            got = tokenizer(list(texts), truncation=True, padding=True, return_tensors="pt")
-            if any(not torch.equal(got[n], batch[n]) for n in names):
-                raise ExportError(
-                    "AutoTokenizer.from_pretrained(folder)(texts, truncation=True, padding=True) does not "
-                    "reproduce the model's tokenization; the export was not written"
-                )
-        loaders.append("transformers.AutoTokenizer.from_pretrained(folder)")
-    else:
-        from transformers import AutoImageProcessor
-
-        AutoImageProcessor.from_pretrained(folder)
-        loaders.append("transformers.AutoImageProcessor.from_pretrained(folder)")
     return ExportCheck(max_abs_diff=worst, atol=atol, batch_shapes=shapes, loaders=loaders)
+
+
+def _check_tokenizer(model: Any, folder: str) -> list[dict[str, torch.Tensor]]:
+    """The saved tokenizer's batches for the check texts; an ExportError if they differ from the model's."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    names = model_inputs(model)
+    batches = []
+    for texts, expected in zip(CHECK_TEXTS, check_batches(model)):
+        got = dict(tokenizer(list(texts), truncation=True, padding=True, return_tensors="pt"))
+        if any(n not in got or not torch.equal(got[n], expected[n]) for n in names):
+            raise ExportError(
+                "AutoTokenizer.from_pretrained(folder)(texts, truncation=True, padding=True) does not reproduce "
+                "the model's tokenization; the export was not written"
+            )
+        batches.append(got)
+    return batches
 
 
 def export_hf(
