@@ -116,10 +116,11 @@ def model_inputs(model: Any) -> list[str]:
     encoder = getattr(model.backbone, "model", None)
     accepted = set(inspect.signature(encoder.forward).parameters) if encoder is not None else set(_TEXT_INPUTS)
     names = [n for n in _TEXT_INPUTS if n in encoded and n in accepted]
-    if "input_ids" not in names:
+    # the exported signature is positional: (input_ids, attention_mask[, token_type_ids])
+    if names[:2] != ["input_ids", "attention_mask"]:
         raise ExportError(
-            f"the tokenizer of {model.hparams.backbone!r} gives {sorted(encoded)}, with no input_ids the encoder "
-            "takes; only token-id text models can be exported"
+            f"the tokenizer of {model.hparams.backbone!r} gives {sorted(encoded)} and the encoder takes "
+            f"{sorted(accepted & set(_TEXT_INPUTS))}; the export needs input_ids and attention_mask"
         )
     return names
 
