@@ -178,6 +178,12 @@ def test_formats_that_do_not_fit_the_model_name_the_ones_that_do(tiny_bert_dir: 
     assert not any(tmp_path.iterdir()), "nothing is written for a refused export"
 
 
+def test_onnx_without_its_packages_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    with pytest.raises(ConfigurationError, match=r"onnxruntime is missing.*pip install 'tl-lightning\[export\]'"):
+        export(_image_model(), tmp_path / "onnx", format="onnx")
+
+
 def test_non_empty_output_needs_overwrite_which_keeps_other_files(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
