@@ -21,7 +21,7 @@ from torch import nn
 
 from tl_lightning.errors import ExportError
 
-__all__ = ["MODELING_FILE", "modeling_source", "head_spec", "encoder_classes"]
+__all__ = ["MODELING_FILE", "encoder_classes", "head_modules", "head_spec", "modeling_source"]
 
 MODELING_FILE = "modeling_tl_classifier.py"
 
