@@ -112,3 +112,51 @@ def test_ddp_resume_after_an_unfreeze_keeps_ranks_identical(tmp_path):
     full = torch.load(tmp_path / "full" / "rank0.pt")
     assert _max_diff(r0, r1) == 0.0
     assert _max_diff(r0, full) < 1e-5
+
+
+class RankPlateau(BoringFT):
+    """Each rank sees a different validation curve (logged without sync): alone, rank 0 would plateau
+    at epoch 1 and rank 1 at epoch 2. The ranks agree on the mean (1.0, 0.75, 0.75, ...): epoch 2."""
+
+    CURVES = {0: [1.0, 1.0, 1.0, 1.0, 1.0, 1.0], 1: [1.0, 0.5, 0.5, 0.5, 0.5, 0.5]}
+
+    def validation_step(self, batch, batch_idx):
+        curve = self.CURVES[self.global_rank]
+        self.log("val/score", torch.tensor(curve[min(self.current_epoch, 5)]), on_epoch=True)
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(2, 8)), batch_size=2)
+
+
+def _fit_plateau(folder: Path, max_epochs: int, ckpt_path: Path | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    model = RankPlateau(lr=0.05, sched=_sched, batch_size=4, n=32, opt="sgd")
+    unfreeze = GradualUnfreezing(
+        groups="model", phases=["none", ["block3"], "all"], on_plateau=True, monitor="val/score", patience=1,
+        warmup_steps=2, state_key="u",
+    )
+    pl.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp_spawn", use_distributed_sampler=False, max_epochs=max_epochs,
+        callbacks=[LayerwiseLRDecay(0.5, groups="model"), unfreeze, SaveWeights(folder),
+                   pl.callbacks.ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0)],
+        logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=folder,
+        num_sanity_val_steps=0,
+    ).fit(model, ckpt_path=ckpt_path)
+
+
+def test_ddp_plateau_phases_agree_across_ranks_and_resume_exactly(tmp_path):
+    _fit_plateau(tmp_path / "full", max_epochs=4)
+    w0 = torch.load(tmp_path / "full" / "rank0.pt")
+    w1 = torch.load(tmp_path / "full" / "rank1.pt")
+    assert _max_diff(w0, w1) == 0.0
+    state = torch.load(tmp_path / "full" / "last.ckpt", weights_only=False)
+    plan = next(v for k, v in state["callbacks"].items() if k.startswith("GradualUnfreezing"))["plan"]
+    # the mean plateaus at epoch 2: phase 1 starts at epoch 3, on both ranks (rank 0 alone: epoch 2)
+    assert plan["current"] == 1 and plan["current_start"] == 3
+
+    _fit_plateau(tmp_path / "part", max_epochs=2)
+    _fit_plateau(tmp_path / "resumed", max_epochs=4, ckpt_path=tmp_path / "part" / "last.ckpt")
+    r0 = torch.load(tmp_path / "resumed" / "rank0.pt")
+    r1 = torch.load(tmp_path / "resumed" / "rank1.pt")
+    assert _max_diff(r0, r1) == 0.0
+    assert _max_diff(r0, w0) < 1e-6

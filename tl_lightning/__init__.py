@@ -3,7 +3,9 @@
 from tl_lightning.backbones import Backbone, LayerGroup, create_backbone, list_backbones
 from tl_lightning.callbacks import GradualUnfreezing, LayerwiseLRDecay
 from tl_lightning.data import ImageFolderDataModule, TextClassificationDataModule
+from tl_lightning.describe import describe_layer_groups
 from tl_lightning.errors import TLError
+from tl_lightning.freezing import no_grad_if_frozen
 from tl_lightning.heads import LinearHead, MLPHead, create_head
 from tl_lightning.modules import TransferClassifier
 
@@ -22,6 +24,8 @@ __all__ = [
     "TransferClassifier",
     "create_backbone",
     "create_head",
+    "describe_layer_groups",
     "list_backbones",
+    "no_grad_if_frozen",
     "__version__",
 ]

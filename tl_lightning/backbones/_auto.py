@@ -36,7 +36,12 @@ def layer_spec_of(module: nn.Module) -> LayerSpec:
 def _spec_of_groups(groups: Sequence[LayerGroup], prefix: str = "") -> LayerSpec:
     no_decay = [prefix + n for g in groups for n in g.no_weight_decay]
     heads = [prefix + n for g in groups if g.is_head for n, _ in g.params]
-    return LayerSpec([(g.name, [prefix + n for n, _ in g.params]) for g in groups], head=heads, no_weight_decay=no_decay)
+    return LayerSpec(
+        [(g.name, [prefix + n for n, _ in g.params]) for g in groups],
+        head=heads,
+        no_weight_decay=no_decay,
+        notes=tuple(getattr(groups, "notes", ())),
+    )
 
 
 def _children_spec(module: nn.Module) -> LayerSpec:

@@ -28,6 +28,7 @@ from tl_lightning.backbones._naming import group_name_from_params
 from tl_lightning.errors import ConfigurationError, LayerGroupError
 
 __all__ = [
+    "LayerGroups",
     "LayerSpec",
     "build_layer_groups",
     "spec_from_prefixes",
@@ -61,6 +62,19 @@ class LayerSpec:
     head: Sequence[str] = ()
     no_weight_decay: Collection[str] = ()
     notes: Sequence[str] = field(default_factory=tuple)
+
+
+class LayerGroups(list):
+    """A list of :class:`LayerGroup` that also carries the grouping's notes.
+
+    Attributes:
+        notes: Decisions a user should see (``'features' holds 81% of the parameters: split
+            into its 9 blocks``); :func:`~tl_lightning.describe_layer_groups` prints them.
+    """
+
+    def __init__(self, groups: Sequence[LayerGroup] = (), notes: Sequence[str] = ()) -> None:
+        super().__init__(groups)
+        self.notes: tuple[str, ...] = tuple(notes)
 
 
 def _under(name: str, prefix: str) -> bool:
@@ -217,7 +231,7 @@ def _attach_modules(module: nn.Module, owner: dict[str, int], n_groups: int) -> 
     return found
 
 
-def build_layer_groups(module: nn.Module, spec: LayerSpec, prefix: str = "", check: bool = True) -> list[LayerGroup]:
+def build_layer_groups(module: nn.Module, spec: LayerSpec, prefix: str = "", check: bool = True) -> LayerGroups:
     """Turn a :class:`LayerSpec` into checked layer groups: the grouping engine.
 
     Args:
@@ -229,22 +243,30 @@ def build_layer_groups(module: nn.Module, spec: LayerSpec, prefix: str = "", che
         check: Check the contract (named, unique, disjoint, covering ``module``).
 
     Returns:
-        The groups, input -> output; head groups (parameters under ``spec.head``) last.
+        The groups, input -> output; head groups (parameters under ``spec.head``) last; the
+        spec's notes travel with them (:class:`LayerGroups`).
     """
     params = dict(module.named_parameters())
     heads = [h for h in spec.head if any(_under(n, h) for n in params)]
     body: list[tuple[str | None, list[str]]] = []
     head_names: list[str] = []
+    whole_head_groups: list[str | None] = []  # spec groups that are entirely head
     for name, pnames in spec.groups:
         kept = [p for p in pnames if not any(_under(p, h) for h in heads)]
         head_names.extend(p for p in pnames if any(_under(p, h) for h in heads))
         if kept:
             body.append((name, kept))
+        elif pnames:
+            whole_head_groups.append(name)
     listed = {p for _, pns in spec.groups for p in pns}
     head_names.extend(p for p in params if p not in listed and any(_under(p, h) for h in heads))
     sections: list[tuple[str | None, list[str], bool]] = [(n, pns, False) for n, pns in body]
     if head_names:
-        label = heads[0] if len(heads) == 1 else "head"
+        # named like the spec group it was ("fc", "classifier"), else like the head prefix
+        if len(whole_head_groups) == 1 and whole_head_groups[0] and whole_head_groups[0] not in dict(body):
+            label = whole_head_groups[0]
+        else:
+            label = heads[0] if len(heads) == 1 else "head"
         sections.append((label, sorted(set(head_names), key=list(params).index), True))
     all_names = list(params)
     derived: list[str] = []
@@ -273,4 +295,4 @@ def build_layer_groups(module: nn.Module, spec: LayerSpec, prefix: str = "", che
         if not params:
             raise LayerGroupError(f"{type(module).__name__} has no parameters to group")
         check_layer_groups(module, groups)
-    return groups
+    return LayerGroups(groups, spec.notes)

@@ -134,6 +134,8 @@ def torchvision_layer_spec(model: nn.Module) -> LayerSpec | None:
     classifier-less one. See the module docstring for the grouping of each family. ViTs take
     no weight decay on ``class_token`` and ``encoder.pos_embedding`` (nor on 1-d tensors).
     """
+    if type(model) is nn.Sequential:
+        return _resnet_in_sequential_spec(model)
     if not type(model).__module__.startswith("torchvision.models"):
         return None
     cls = type(model).__name__
@@ -169,6 +171,38 @@ def torchvision_layer_spec(model: nn.Module) -> LayerSpec | None:
         return LayerSpec(fallback.groups, head=[head] if head else [], notes=fallback.notes)
     head = _classifier_path(model)
     return spec_from_prefixes(model, spec, rest="by_child", head=[head] if head else [], no_weight_decay=no_wd)
+
+
+_RESNET_BLOCK_MODULES = ("torchvision.models.resnet", "timm.models.resnet")
+
+
+def _resnet_in_sequential_spec(seq: nn.Sequential) -> LayerSpec | None:
+    """A torchvision / timm ResNet trunk unpacked into ``nn.Sequential(*list(resnet.children())[:k])``.
+
+    Lightning's own fine-tuning example (and much user code) wraps a ResNet that way, which
+    leaves its children named ``'0'`` .. ``'8'``. Recognized by its four stages (Sequentials of
+    ResNet blocks), it gets the ResNet's names: ``stem`` (everything before the first stage),
+    ``layer1`` .. ``layer4``, and a trailing ``Linear`` as the head.
+    """
+    children = list(seq.named_children())
+
+    def is_stage(m: nn.Module) -> bool:
+        blocks = list(m.children()) if isinstance(m, nn.Sequential) else []
+        return bool(blocks) and all(
+            type(b) is type(blocks[0]) and type(b).__module__.startswith(_RESNET_BLOCK_MODULES) for b in blocks
+        )
+
+    stages = [i for i, (_, m) in enumerate(children) if is_stage(m)]
+    if len(stages) != 4 or stages != list(range(stages[0], stages[0] + 4)):
+        return None
+    first = stages[0]
+    stem = [n for n, m in children[:first] if any(True for _ in m.parameters())]
+    groups: list[tuple[str, list[str]]] = [("stem", stem)] if stem else []
+    groups += [(f"layer{k + 1}", [children[i][0]]) for k, i in enumerate(stages)]
+    tail = [(n, m) for n, m in children[first + 4 :] if any(True for _ in m.parameters())]
+    head = [n for n, m in tail if isinstance(m, nn.Linear) and n == children[-1][0]]
+    groups += [("fc" if n in head else n, [n]) for n, _ in tail]
+    return spec_from_prefixes(seq, groups, rest="by_child", head=head)
 
 
 def _classifier_path(model: nn.Module) -> str | None:

@@ -87,8 +87,10 @@ class Phase:
 def parse_phases(phases: Sequence[Any]) -> list[Phase]:
     """Phases from plain data (YAML / finetuning-scheduler style).
 
-    Each entry is an action (``["layer4"]``, ``2``, ``"all"``) or a mapping with ``unfreeze``
-    (required), ``lr_scale`` (default 1.0) and ``max_epochs`` (optional).
+    Each entry is an action (``["layer4"]``, ``2``, ``"all"``, or ``"none"`` for "nothing more":
+    a head-only first phase) or a mapping with ``unfreeze`` (required), ``lr_scale`` (default
+    1.0) and ``max_epochs`` (optional). The first phase is active from the start of training;
+    each next one starts when the previous one plateaus or has run its ``max_epochs``.
 
     Example:
         >>> parse_phases([["layer4"], {"unfreeze": "all", "lr_scale": 0.1, "max_epochs": 3}])[1]
@@ -108,15 +110,21 @@ def parse_phases(phases: Sequence[Any]) -> list[Phase]:
                 )
             if "unfreeze" not in item:
                 raise ConfigurationError(f"{where} needs 'unfreeze' (group names, a count or 'all'), got {dict(item)!r}")
-            action = parse_action(f"{where}.unfreeze", item["unfreeze"])
+            action = _phase_action(f"{where}.unfreeze", item["unfreeze"])
             scale = check_number(f"{where}.lr_scale", item.get("lr_scale", 1.0), low=0.0, low_open=True)
             max_epochs = item.get("max_epochs")
             if max_epochs is not None:
                 max_epochs = check_int(f"{where}.max_epochs", max_epochs, low=1)
             out.append(Phase(action, None, scale, max_epochs))
         else:
-            out.append(Phase(parse_action(where, item)))
+            out.append(Phase(_phase_action(where, item)))
     return out
+
+
+def _phase_action(where: str, value: Any) -> Action:
+    if value in ("none", 0) or (isinstance(value, Sequence) and not isinstance(value, str) and not list(value)):
+        return []
+    return parse_action(where, value)
 
 
 def resolve_action(names: Sequence[str], unfrozen: Sequence[str], action: Action, where: str) -> list[str]:
@@ -126,7 +134,7 @@ def resolve_action(names: Sequence[str], unfrozen: Sequence[str], action: Action
         return still
     if isinstance(action, int):
         return still[max(0, len(still) - action) :]
-    assert isinstance(action, list)
+    assert isinstance(action, list)  # [] (a phase that unfreezes nothing more) resolves to []
     return [resolve_item(names, item, where) for item in action]
 
 

@@ -42,7 +42,8 @@ from tl_lightning.callbacks._schedule import (
     resolve_action,
     resolve_item,
 )
-from tl_lightning.callbacks._targets import FineTuneTargets, GroupsSpec, HeadSpec, resolve_targets, shared_groups
+from tl_lightning._targets import FineTuneTargets, GroupsSpec, HeadSpec, resolve_targets, shared_groups
+from tl_lightning.describe import log_layer_groups_once
 from tl_lightning.errors import CheckpointError, ConfigurationError
 from tl_lightning.freezing import frozen_norm_modules, set_norm_eval, set_requires_grad
 
@@ -70,11 +71,12 @@ class GradualUnfreezing(Callback):
         groups_per_step: Groups unfrozen at each ``unfreeze_every`` milestone or plateau.
         initially_trainable: Number of top groups trainable from the start.
         phases: Instead of ``schedule`` / ``unfreeze_every``: the phases in order, each an action
-            (as in ``schedule``) or ``{"unfreeze": action, "lr_scale": s, "max_epochs": n}``
-            (finetuning-scheduler style). A phase starts when the previous one plateaus
+            (as in ``schedule``, or ``"none"`` for a head-only phase) or ``{"unfreeze": action,
+            "lr_scale": s, "max_epochs": n}`` (finetuning-scheduler style). The first phase is
+            active from the start; each next one starts when the previous one plateaus
             (``on_plateau``) or has run ``max_epochs`` epochs (steps).
         on_plateau: Start the next phase when ``monitor`` has not improved for ``patience``
-            validations (the decision agreed across ranks). Without ``phases`` or ``schedule``,
+            validations (the ranks agree on the metric's mean, hence on the decision). Without ``phases`` or ``schedule``,
             each plateau unfreezes ``groups_per_step`` more groups; with ``schedule``, its
             actions are taken in key order, one per plateau (keys are only the order).
         monitor: Metric watched for plateaus (``"val/loss"``).
@@ -97,7 +99,7 @@ class GradualUnfreezing(Callback):
             (OneCycleLR, LambdaLR, ReduceLROnPlateau, recursive ones) keeps working.
         train_bn: Keep the norm layers of frozen groups trainable and in train mode (as
             Lightning's ``train_bn=True``). By default they are frozen and in eval mode.
-        groups: Where the layer groups are (see :func:`~tl_lightning.callbacks._targets.resolve_targets`).
+        groups: Where the layer groups are (see :func:`~tl_lightning._targets.resolve_targets`).
         head: Layer-group names that belong to the always-trainable head (``"auto"``: the
             groups the model family declares as its head).
         repartition: When the module's optimizer lacks frozen layer-group parameters (built from
@@ -290,7 +292,14 @@ class GradualUnfreezing(Callback):
             )
         phases: list[Phase]
         if self.phases is not None:
-            phases = list(self.phases)
+            # the first phase is active from the start (finetuning-scheduler's phase 0)
+            phases = [Phase(p.unfreeze, 0 if i == 0 else p.start, p.lr_scale, p.max_epochs) for i, p in enumerate(self.phases)]
+            endless = [i for i, p in enumerate(self.phases[:-1]) if p.max_epochs is None]
+            if endless and not self.on_plateau:
+                raise ConfigurationError(
+                    f"phase(s) {endless} have no end: without on_plateau=True every phase but the last needs "
+                    "max_epochs (or set on_plateau=True to end phases on a plateau of monitor)"
+                )
         elif self.schedule is not None:
             starts = list(self.schedule) if not self.on_plateau else [None] * len(self.schedule)
             phases = [Phase(action, start) for start, action in zip(starts, self.schedule.values())]
@@ -399,7 +408,9 @@ class GradualUnfreezing(Callback):
         opts, scheds = collect_optimizers(out)
         ids = {id(p) for g in self._targets.groups for p in g.parameters()}
         owner = {id(p): g.name for g in self._targets.groups for p in g.parameters()}
-        mine = [o for o in opts if any(id(p) in ids for pg in o.param_groups for p in pg["params"])]
+        head_ids = {id(p) for _, p in self._targets.head}
+        # the optimizer(s) of this module's parameters (with a frozen trunk: the head's)
+        mine = [o for o in opts if any(id(p) in ids or id(p) in head_ids for pg in o.param_groups for p in pg["params"])]
         present = {id(p) for o in opts for pg in o.param_groups for p in pg["params"]}
         needs_split = self.warmup_steps > 0 or any(s != 1.0 for s in self.phase_lr_scale) or (
             self.phases is not None and any(p.lr_scale != 1.0 for p in self.phases)
@@ -443,10 +454,12 @@ class GradualUnfreezing(Callback):
                 f"GradualUnfreezing(on_plateau=True) monitors {self.monitor!r}, which was not logged; logged: "
                 f"{sorted(trainer.callback_metrics)}. Fix: set monitor= to one of them"
             )
+        # ranks must agree: a phase change on one rank only would desynchronise the replicas. They
+        # agree on the value itself (its mean), so every rank's plan state is identical and the
+        # checkpoint (written by rank 0) resumes every rank exactly.
+        if trainer.world_size > 1:
+            value = trainer.strategy.reduce(torch.as_tensor(value, dtype=torch.float64, device=pl_module.device), reduce_op="mean")
         improved = self._plan.observe(float(value))
-        # ranks must agree: a phase change on one rank only would desynchronise the replicas
-        plateaued = trainer.strategy.reduce_boolean_decision(self._plan.plateaued, all=True)
-        self._plan.plateaued = bool(plateaued)
         if improved and self.restore_best:
             self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
         if self._plan.plateaued and self.restore_best and self._best_state is not None:
@@ -497,6 +510,7 @@ class GradualUnfreezing(Callback):
                 f"GradualUnfreezing: strategy {type(trainer.strategy).__name__} is not DDP; gradients of "
                 "groups unfrozen during training are averaged across ranks only under DDP strategies."
             )
+        log_layer_groups_once(trainer, pl_module, self._targets)
         self._factors.install(
             trainer.optimizers,
             self._targets.groups,

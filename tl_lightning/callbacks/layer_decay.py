@@ -11,7 +11,8 @@ from typing_extensions import override
 
 from tl_lightning._checks import check_number
 from tl_lightning.callbacks._optimizer_hook import ConfigureOptimizersHook, collect_optimizers
-from tl_lightning.callbacks._targets import GroupsSpec, HeadSpec, resolve_targets, shared_groups
+from tl_lightning._targets import GroupsSpec, HeadSpec, resolve_targets, shared_groups
+from tl_lightning.describe import log_layer_groups_once
 from tl_lightning.errors import ConfigurationError
 from tl_lightning.optim._param_groups import check_lr_arguments
 from tl_lightning.optim._repartition import apply_layerwise_lr_decay
@@ -90,6 +91,7 @@ class LayerwiseLRDecay(Callback):
         self.no_decay_filter = no_decay_filter
         self._hook = ConfigureOptimizersHook(self._repartition)
         self._trainer: pl.Trainer | None = None
+        self._targets: Any = None
         self.applied = False
 
     @property
@@ -104,6 +106,7 @@ class LayerwiseLRDecay(Callback):
                 f"LayerwiseLRDecay: {type(pl_module).__name__}.configure_optimizers returned no optimizer"
             )
         targets = resolve_targets(pl_module, shared_groups(self._trainer, self, self.groups), self.head)
+        self._targets = targets
         ids = {id(p) for g in targets.groups for p in g.parameters()} | {id(p) for _, p in targets.head}
         mine_opts = [o for o in opts if any(id(p) in ids for g in o.param_groups for p in g["params"])]
         for opt in mine_opts:
@@ -134,6 +137,11 @@ class LayerwiseLRDecay(Callback):
         if stage == "fit":
             self._trainer = trainer
             self._hook.attach(pl_module)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._targets is not None:
+            log_layer_groups_once(trainer, pl_module, self._targets)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

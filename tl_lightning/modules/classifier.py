@@ -254,6 +254,13 @@ class TransferClassifier(LightningModule):
             self.data_settings = dict(to_plain(dict(data_settings)))
 
     @override
+    def on_fit_start(self) -> None:
+        from tl_lightning._targets import resolve_targets
+        from tl_lightning.describe import log_layer_groups_once
+
+        log_layer_groups_once(self.trainer, self, resolve_targets(self))
+
+    @override
     def setup(self, stage: str) -> None:
         # follow the data module's effective preprocessing (its max_length / image_size overrides)
         trainer = self._trainer

@@ -43,6 +43,7 @@ class FineTuneTargets:
 
     groups: tuple[LayerGroup, ...]
     head: tuple[tuple[str, nn.Parameter], ...]
+    notes: tuple[str, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -132,13 +133,11 @@ def _raw_groups(pl_module: nn.Module, groups: GroupsSpec) -> list[LayerGroup]:
 def shared_groups(trainer: object, me: object, own: GroupsSpec) -> GroupsSpec:
     """``groups=`` given to one tl_lightning callback of a Trainer is seen by the others.
 
-    Returns ``own`` when set; otherwise the one ``groups`` spec set on another fine-tuning
-    callback of ``trainer`` (``None`` when none is). Two different specs are an error: the
-    callbacks would act on different layer groups.
+    Returns the one ``groups`` spec set on this or another fine-tuning callback of ``trainer``
+    (``None`` when none is). Two different specs are an error: the callbacks would act on
+    different layer groups (LR decay over one grouping, unfreezing over another).
     """
-    if own is not None:
-        return own
-    specs = []
+    specs = [] if own is None else [own]
     for cb in getattr(trainer, "callbacks", []):
         spec = getattr(cb, "groups", None)
         if cb is not me and spec is not None and getattr(cb, "shares_layer_groups", False) and spec not in specs:
@@ -185,4 +184,4 @@ def resolve_targets(pl_module: nn.Module, groups: GroupsSpec = None, head: HeadS
     if not scheduled:
         raise LayerGroupError(f"no layer group is left to schedule after taking {head_names} as the head")
     head_params = tuple(rest) + tuple(np for g in raw if g.name in head_names for np in g.params)
-    return FineTuneTargets(groups=scheduled, head=head_params)
+    return FineTuneTargets(groups=scheduled, head=head_params, notes=tuple(getattr(raw, "notes", ())))
