@@ -72,6 +72,21 @@ def tiny_vit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _write_tiny_vit(tmp_path_factory.mktemp("tiny_vit"))
 
 
+@pytest.fixture(scope="session")
+def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three classes of 8 tiny PNGs whose colour gives the class away (``root/<class>/<i>.png``)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    colours = {"red": (220, 20, 20), "green": (20, 220, 20), "blue": (20, 20, 220)}
+    for label, colour in colours.items():
+        (root / label).mkdir()
+        for i in range(8):
+            shade = tuple(max(0, c - 8 * i) for c in colour)
+            Image.new("RGB", (40, 40), shade).save(root / label / f"{i}.png")
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -25,21 +25,6 @@ FINETUNES = sorted(p.stem for p in (CONF / "finetune").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
-def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three classes of 8 tiny PNGs whose colour gives the class away."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("images")
-    colours = {"red": (220, 20, 20), "green": (20, 220, 20), "blue": (20, 20, 220)}
-    for label, colour in colours.items():
-        (root / label).mkdir()
-        for i in range(8):
-            shade = tuple(max(0, c - 8 * i) for c in colour)
-            Image.new("RGB", (40, 40), shade).save(root / label / f"{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
 def text_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("texts") / "reviews.csv"
     rows = ["text,label"]

@@ -8,7 +8,9 @@ callback stores them in every checkpoint and puts them back right before trainin
 resumed run does between loading the checkpoint and its next training step (sanity-check
 validation, building loaders) does not shift them.
 
-Under DDP the checkpoint holds rank 0's states and every rank gets them back; with
+On resume it also makes sure Lightning gives a resumable training loader its saved position
+(see :meth:`ExactResume.on_fit_start`), so a run stopped mid-epoch continues with the next
+batch. Under DDP the checkpoint holds rank 0's states and every rank gets them back; with
 ``seed_everything`` every rank starts from the same seed anyway.
 
 Example:
@@ -98,6 +100,22 @@ class ExactResume(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = state_dict.get("rng")
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning hands a resumable training loader (state_dict / load_state_dict, e.g.
+        # tl_lightning's) its saved position only if it builds the loader after restoring the
+        # loop state. ``trainer.estimated_stepping_batches`` (schedulers ask for it in
+        # configure_optimizers) builds it before that; drop that early loader on resume so the
+        # fit loop builds it again, with its position.
+        fit_loop = trainer.fit_loop
+        if trainer.ckpt_path is None or getattr(fit_loop, "_combined_loader", None) is None:
+            return
+        fetcher = getattr(fit_loop, "_data_fetcher", None)
+        if fetcher is not None:
+            fetcher.teardown()
+            fit_loop._data_fetcher = None
+        fit_loop._combined_loader = None
 
     def _restore(self) -> None:
         if self._pending is not None:

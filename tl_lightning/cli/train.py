@@ -249,7 +249,7 @@ def train(cfg: DictConfig) -> RunSummary:
             monitor=getattr(checkpoint_cb, "monitor", None),
             last_checkpoint=last if last and Path(last).is_file() else None,
             resumed_from=str(ckpt_path) if ckpt_path and do_train else None,
-            val_metrics={k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
+            val_metrics=val_metrics,
         )
         values.update(fields)
         result = RunSummary(**values)
@@ -259,6 +259,7 @@ def train(cfg: DictConfig) -> RunSummary:
         return result
 
     train_seconds = None
+    val_metrics: dict[str, Any] = {}
     if do_train:
         t0 = time.perf_counter()
         stop: RunInterrupted | None = None
@@ -276,6 +277,7 @@ def train(cfg: DictConfig) -> RunSummary:
         except BaseException as err:
             start_step = int(checkpoint.get("global_step", 0)) if checkpoint is not None else 0
             if checkpoint is None or trainer.global_step > start_step:
+                val_metrics.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
                 # the last good checkpoint stays; summary.json says what stopped the run
                 summary(status="failed", stopped_by=f"{type(_root_cause(err)).__name__}: {_root_cause(err)}"[:500],
                         train_seconds=time.perf_counter() - t0)
@@ -283,6 +285,7 @@ def train(cfg: DictConfig) -> RunSummary:
         finally:
             interrupt.uninstall()
         train_seconds = time.perf_counter() - t0
+        val_metrics.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
         stop = _interrupted(stop, interrupt, trainer)
         if stop is not None:
             result = summary(
