@@ -328,6 +328,48 @@ class GradualUnfreezing(Callback):
             plan.load_state_dict(self._plan_state)
         return plan
 
+    def plan_summary(self) -> list[str]:
+        """What each phase will unfreeze, in words, with integer / index actions resolved to names.
+
+        Available after ``setup`` (or :meth:`resolve`). Example line:
+        ``"epoch 1: layer1, layer2, layer3, layer4 (4 groups)"``.
+        """
+        if self._targets is None or self._plan is None:
+            return []
+        names = self._targets.names
+        unfrozen = list(self._unfrozen if self._unfrozen is not None else self._initial())
+        lines = [f"start: {', '.join(unfrozen) or 'head only'} trainable"]
+        for i, phase in enumerate(self._plan.phases):
+            if i <= self._plan.current:
+                continue
+            chosen = [n for n in resolve_action(names, unfrozen, phase.unfreeze, f"phase {i}") if n not in unfrozen]
+            unfrozen = [n for n in names if n in unfrozen or n in chosen]
+            if phase.start is not None:
+                when = f"{self.interval} {phase.start}"
+            else:
+                prev = self._plan.phases[i - 1] if i > 0 else None
+                ends = [f"plateau of {self.monitor} (patience {self.patience})"] if self.on_plateau else []
+                if prev is not None and prev.max_epochs is not None:
+                    ends.append(f"{prev.max_epochs} {self.interval}s into phase {i - 1}")
+                when = " or ".join(ends)
+            scale = f" at LR x{phase.lr_scale:g}" if phase.lr_scale != 1.0 else ""
+            lines.append(f"{when}: {', '.join(chosen) or 'nothing new'} ({len(chosen)} group(s)){scale}")
+        return lines
+
+    def resolve(self, pl_module: pl.LightningModule) -> GradualUnfreezing:
+        """Resolve the layer groups and the plan on ``pl_module`` without a Trainer (for inspection).
+
+        Applies the initial freezing (as ``setup`` does), so ``describe_layer_groups(pl_module)``
+        shows what will train at the start; returns ``self``.
+        """
+        self._pl_module = pl_module
+        self._targets = resolve_targets(pl_module, self.groups, self.head)
+        self._plan = self._build_plan()
+        if self._unfrozen is None:
+            self._unfrozen = self._initial()
+        self._apply_state()
+        return self
+
     def _initial(self) -> list[str]:
         assert self._targets is not None
         names = self._targets.names
@@ -487,6 +529,7 @@ class GradualUnfreezing(Callback):
         # freeze before DDP wraps the model, so frozen parameters stay out of its reducer
         self._apply_state()
         self._hook.attach(pl_module)
+        rank_zero_info("[GradualUnfreezing] plan: " + "; ".join(self.plan_summary()))
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
