@@ -1,247 +1,427 @@
-"""``tl-predict``: class predictions from a trained checkpoint for a CSV of texts or a folder of images.
+"""``tl-predict``: the Hydra app that writes class predictions of a checkpoint (conf/predict.yaml).
 
-Usage::
+Examples:
+    tl-predict ckpt_path=outputs/train/.../checkpoints/last.ckpt input=new_reviews.csv output=preds.csv
+    tl-predict ckpt_path=best.ckpt input=/data/new_photos output=preds.csv on_bad_image=skip
+    tl-predict ckpt_path=best.ckpt input=big.csv trainer=ddp trainer.precision=bf16-mixed
 
-    tl-predict ckpt_path=outputs/demo/.../checkpoints/epoch_002.ckpt input=reviews.csv output=preds.csv
-    tl-predict ckpt_path=best.ckpt input=/data/new_photos output=preds.csv batch_size=64
+One run: check the options, the output path and the input (before anything is loaded) ->
+load the model from the checkpoint alone -> read the input with the data module of its modality,
+set up as the model was trained (the preprocessing and data settings stored in the checkpoint,
+overridden by explicit options) -> ``Trainer.predict`` with
+:class:`~tl_lightning.callbacks.prediction_writer.PredictionCSVWriter` (rows in input order on
+any number of devices, written atomically) -> print what was used and what was written.
 
-Arguments are ``key=value`` pairs (``--key value`` works too):
-
-* ``ckpt_path`` (required): a checkpoint written by ``tl-train`` (or any
-  :class:`~tl_lightning.TransferClassifier` checkpoint).
-* ``input`` (required): a CSV/TSV/JSONL file with a text column (text backbones), or a folder of
-  images, searched recursively (image backbones).
-* ``output``: the CSV to write (default ``predictions.csv``): one row per input with ``id``,
-  ``label`` (the predicted class; for multilabel models the classes over ``threshold`` joined by
-  ``|``) and ``prob_<class>`` for every class.
-* ``text_column``, ``id_column``, ``max_length``, ``image_size``: default to the training run's
-  config when the checkpoint sits in a ``tl-train`` run folder (``<run>/checkpoints/``), else to
-  ``text``, the row number, the backbone's defaults.
-* ``batch_size`` (32), ``device`` (``cpu``, ``cuda``, ``auto``), ``threshold`` (0.5, multilabel).
+A bad option, path, checkpoint or input prints one line and exits with status 1
+(``HYDRA_FULL_ERROR=1`` keeps the traceback). :func:`predict` is the same run as a function.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import re
 import sys
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tl_lightning.data.image_folder import IMAGE_EXTENSIONS, _is_image
-from tl_lightning.data.text import read_table
-from tl_lightning.errors import ConfigurationError, DataError, TLError, did_you_mean
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError
 
-__all__ = ["PredictConfig", "main", "predict", "IMAGE_EXTENSIONS"]
+from tl_lightning.cli._config import config_dir, prepare_omegaconf
+from tl_lightning.cli._errors import config_step, user_error_message
+from tl_lightning.errors import ConfigurationError, DataError, did_you_mean
 
+__all__ = ["PredictionSummary", "compose_predict_config", "main", "predict", "skipped_path"]
+
+_TEXT_OPTIONS = ("text_column", "id_column", "max_length", "encoding", "separator")
+_IMAGE_OPTIONS = ("image_size",)
 
 
 @dataclass
-class PredictConfig:
-    """Arguments of ``tl-predict`` (see the module docstring)."""
+class PredictionSummary:
+    """What a ``tl-predict`` run read, used and wrote.
 
-    ckpt_path: str
-    input: str
-    output: str = "predictions.csv"
-    text_column: str | None = None
-    id_column: str | None = None
-    max_length: int | None = None
-    image_size: int | None = None
-    batch_size: int = 32
-    device: str = "cpu"
-    threshold: float = 0.5
+    Attributes:
+        output: The predictions CSV.
+        rows: Rows written (one per input that was predicted).
+        inputs: Inputs found (``rows`` plus the skipped ones).
+        modality: ``"text"`` or ``"image"``.
+        settings: ``{name: (value, source)}`` for every setting that shaped the inputs; source
+            is ``"checkpoint"`` (as trained), ``"option"`` (given on the command line) or
+            ``"default"``.
+        skipped: ``(id, reason)`` of the unreadable images left out (``on_bad_image=skip``).
+        skipped_file: The CSV listing them (``<output stem>.skipped.csv``), when any.
+        label_counts: Predicted label -> number of rows (multi-label: each ``|``-joined label set).
+        nonfinite_rows: Rows whose probabilities are NaN / inf (their ``label`` is empty).
+        devices: ``"<processes> x <device type>, <precision>"``.
+        seconds: Wall time of the run.
+    """
 
+    output: Path
+    rows: int
+    inputs: int
+    modality: str
+    settings: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped_file: Path | None = None
+    label_counts: dict[str, int] = field(default_factory=dict)
+    nonfinite_rows: int = 0
+    devices: str = ""
+    seconds: float = 0.0
 
-def _run_config(ckpt_path: Path) -> dict[str, Any]:
-    """The resolved config of the tl-train run that wrote ``ckpt_path``, or ``{}``."""
-    config_file = ckpt_path.resolve().parent.parent / ".hydra" / "config.yaml"
-    if not config_file.is_file():
-        return {}
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(config_file)
-    data = cfg.get("data") or {}
-    return {k: data.get(k) for k in ("text_column", "max_length", "image_size") if k in data}
-
-
-def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _text_inputs(cfg: PredictConfig, model: Any) -> tuple[list[str], Iterator[Any]]:
-    table = read_table(Path(cfg.input))
-    column = cfg.text_column or "text"
-    if column not in table.columns:
-        raise DataError(
-            f"text column {column!r} not found in {cfg.input!r}{did_you_mean(column, map(str, table.columns))} "
-            f"Columns: {list(map(str, table.columns))}; pass text_column=<name>."
-        )
-    if cfg.id_column is not None and cfg.id_column not in table.columns:
-        raise DataError(
-            f"id column {cfg.id_column!r} not found in {cfg.input!r}; columns: {list(map(str, table.columns))}"
-        )
-    texts = table[column].fillna("").astype(str).tolist()
-    ids = table[cfg.id_column].astype(str).tolist() if cfg.id_column else [str(i) for i in range(len(texts))]
-    preprocess = model.backbone.preprocess
-    if cfg.max_length:
-        preprocess = preprocess.with_max_length(int(cfg.max_length))
-    return ids, (preprocess(chunk) for chunk in _batches(texts, cfg.batch_size))
+    def format(self) -> str:
+        """The lines ``tl-predict`` prints: settings used, then what was written."""
+        used = ", ".join(f"{k}={v!r} ({source})" for k, (v, source) in self.settings.items())
+        counts = ", ".join(f"{label or '(none)'} {n}" for label, n in sorted(self.label_counts.items(), key=lambda kv: -kv[1]))
+        what = "rows" if self.modality == "text" else "images"
+        lines = [f"read {self.inputs} {what} with {used}; predicted on {self.devices}"]
+        line = f"wrote {self.output}: {self.rows} predictions in {self.seconds:.1f}s (labels: {counts or '-'})"
+        if self.skipped:
+            line += f"; skipped {len(self.skipped)} unreadable image(s), listed in {self.skipped_file}"
+        lines.append(line)
+        if self.nonfinite_rows:
+            lines.append(
+                f"warning: {self.nonfinite_rows} row(s) have NaN / inf probabilities and an empty label; "
+                "try trainer.precision=32-true"
+            )
+        return "\n".join(lines)
 
 
-def _image_inputs(cfg: PredictConfig, model: Any) -> tuple[list[str], Iterator[Any]]:
-    import torch
-    from PIL import Image
-
-    root = Path(cfg.input)
-    files = sorted(p for p in root.rglob("*") if _is_image(p))
-    if not files:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {str(root)!r}")
-    preprocess = model.backbone.preprocess
-    if cfg.image_size:
-        preprocess = preprocess.with_size(int(cfg.image_size))
-    from tl_lightning.data import image_eval_transform
-
-    transform = image_eval_transform(preprocess)
-    channels = preprocess.input_size[0]
-
-    def load(path: Path) -> Any:
-        try:
-            with Image.open(path) as image:
-                return transform(image.convert("L" if channels == 1 else "RGB"))
-        except Exception as err:  # PIL raises several types for broken files
-            raise DataError(f"cannot read image {str(path)!r}: {err}") from err
-
-    ids = [p.relative_to(root).as_posix() for p in files]
-    return ids, (torch.stack([load(p) for p in chunk]) for chunk in _batches(files, cfg.batch_size))
-
-
-def _to_device(batch: Any, device: Any) -> Any:
-    if isinstance(batch, dict):
-        return {k: v.to(device) for k, v in batch.items()}
-    return batch.to(device)
-
-
-def predict(cfg: PredictConfig) -> Path:
-    """Write predictions for ``cfg.input`` to ``cfg.output``; returns the output path.
+def skipped_path(output: str | os.PathLike[str]) -> Path:
+    """Where unreadable images are listed: ``<output stem>.skipped.csv`` next to ``output``.
 
     Example:
-        >>> predict(PredictConfig(ckpt_path="run/checkpoints/last.ckpt", input="texts.csv"))  # doctest: +SKIP
-        PosixPath('predictions.csv')
+        >>> skipped_path("out/preds.csv").as_posix()
+        'out/preds.skipped.csv'
     """
-    import torch
-
-    from tl_lightning import TransferClassifier
-
-    ckpt_path = Path(cfg.ckpt_path)
-    if not ckpt_path.is_file():
-        raise ConfigurationError(f"ckpt_path {str(ckpt_path)!r} is not a file; pass ckpt_path=<run>/checkpoints/<name>.ckpt")
-    source = Path(cfg.input)
-    if not source.exists():
-        raise DataError(f"input {str(source)!r} does not exist; pass input=<csv file or image folder>")
-    for key, value in _run_config(ckpt_path).items():
-        if getattr(cfg, key) is None and value is not None:
-            setattr(cfg, key, value)
-
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
-    model = TransferClassifier.load_from_checkpoint(str(ckpt_path), map_location="cpu").to(device).eval()
-    modality = getattr(model.backbone.preprocess, "modality", "image")
-    if modality == "text":
-        if source.is_dir():
-            raise DataError(f"{cfg.ckpt_path!r} is a text model; input must be a CSV/TSV/JSONL file, got a folder")
-        ids, batches = _text_inputs(cfg, model)
-    else:
-        if not source.is_dir():
-            raise DataError(f"{cfg.ckpt_path!r} is an image model; input must be a folder of images, got a file")
-        ids, batches = _image_inputs(cfg, model)
-
-    probabilities: list[list[float]] = []
-    with torch.inference_mode():
-        for index, batch in enumerate(batches):
-            probs = model.predict_step(_to_device(batch, device), index)
-            probabilities.extend(probs.float().cpu().tolist())
-
-    labels = list(model.labels)
-    output = Path(cfg.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "label", *(f"prob_{label}" for label in labels)])
-        for row_id, probs in zip(ids, probabilities):
-            if model.task == "multilabel":
-                predicted = "|".join(label for label, p in zip(labels, probs) if p >= cfg.threshold)
-            else:
-                predicted = labels[max(range(len(probs)), key=probs.__getitem__)]
-            writer.writerow([row_id, predicted, *(f"{p:.6f}" for p in probs)])
-    return output
+    path = Path(output).expanduser()
+    return path.with_name(f"{path.stem}.skipped.csv")
 
 
-def parse_args(argv: Sequence[str]) -> PredictConfig:
-    """Parse ``key=value`` / ``--key value`` arguments into a :class:`PredictConfig`."""
-    known = {f.name: f for f in fields(PredictConfig)}
-    values: dict[str, str] = {}
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg.startswith("--"):
-            key = arg[2:]
-            if "=" in key:
-                key, value = key.split("=", 1)
-            elif args:
-                value = args.pop(0)
-            else:
-                raise ConfigurationError(f"option {arg!r} needs a value")
-        elif "=" in arg:
-            key, value = arg.split("=", 1)
-        else:
-            raise ConfigurationError(f"arguments look like key=value, got {arg!r}; see `tl-predict --help`")
-        if key not in known:
-            raise ConfigurationError(f"unknown argument {key!r}{did_you_mean(key, known)} Known: {sorted(known)}")
-        values[key] = value
-    missing = [k for k in ("ckpt_path", "input") if k not in values]
-    if missing:
-        raise ConfigurationError(f"missing required argument(s) {missing}; e.g. tl-predict ckpt_path=best.ckpt input=texts.csv")
-    converted: dict[str, Any] = {}
-    for key, value in values.items():
-        if value.lower() in ("null", "none", ""):
-            converted[key] = None
-        elif key in ("max_length", "image_size", "batch_size"):
-            try:
-                converted[key] = int(value)
-            except ValueError:
-                raise ConfigurationError(f"{key} must be an integer, got {value!r}") from None
-        elif key == "threshold":
-            try:
-                converted[key] = float(value)
-            except ValueError:
-                raise ConfigurationError(f"threshold must be a number in [0, 1], got {value!r}") from None
-        else:
-            converted[key] = value
-    if converted.get("batch_size") is not None and converted["batch_size"] < 1:
-        raise ConfigurationError(f"batch_size must be >= 1, got {converted['batch_size']}")
-    if converted.get("threshold") is not None and not 0.0 <= converted["threshold"] <= 1.0:
-        raise ConfigurationError(f"threshold must be in [0, 1], got {converted['threshold']}")
-    return PredictConfig(**converted)
+def compose_predict_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``conf/predict.yaml`` with command-line style ``overrides`` (``["trainer=ddp_sim"]``).
 
+    Works inside another Hydra app too (its global state is restored afterwards).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point of ``tl-predict``."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(__doc__)
-        return
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    prepare_omegaconf()
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
     try:
-        output = predict(parse_args(argv))
-    except TLError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("TL_FULL_ERROR") == "1":
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+            return compose("predict", overrides=list(overrides))
+    finally:
+        if backup is not None:
+            restore_gh_from_backup(backup)
+
+
+def _with_options(cfg: DictConfig | Mapping[str, Any] | None, options: Mapping[str, Any]) -> DictConfig:
+    base = compose_predict_config() if cfg is None else cfg
+    if not isinstance(base, DictConfig):
+        base = OmegaConf.merge(compose_predict_config(), dict(base))  # type: ignore[assignment]
+    if not options:
+        return base  # type: ignore[return-value]
+    known = [str(k) for k in base.keys()]
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        raise ConfigurationError(
+            f"unknown tl-predict option {unknown[0]!r}{did_you_mean(unknown[0], known)} Options: {known}"
+        )
+    try:
+        return OmegaConf.merge(base, dict(options))  # type: ignore[return-value]
+    except ConfigKeyError as err:
+        raise ConfigurationError(f"unknown tl-predict option: {err}") from None
+
+
+def _required(cfg: DictConfig, key: str, example: str) -> str:
+    if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
+        raise ConfigurationError(f"{key} is required: tl-predict {example}")
+    return str(cfg[key])
+
+
+def _check_options(cfg: DictConfig) -> None:
+    from tl_lightning._checks import check_choice, check_int, check_number
+
+    check_number("threshold", cfg.threshold, low=0.0, high=1.0, hint="e.g. threshold=0.5")
+    check_int("batch_size", cfg.batch_size, low=1, hint="e.g. batch_size=32")
+    check_int("num_workers", cfg.num_workers, low=0)
+    check_choice("on_bad_image", cfg.on_bad_image, ["error", "skip"])
+    for name in ("max_length", "image_size"):
+        if cfg.get(name) is not None:
+            check_int(name, cfg[name], low=1)
+
+
+def _check_input(source: Path, modality: str, ckpt_path: str) -> None:
+    if modality == "text" and source.is_dir():
+        raise DataError(
+            f"{ckpt_path!r} is a text model but input {str(source)!r} is a folder; "
+            "pass input=<.csv / .tsv / .jsonl file with a text column>"
+        )
+    if modality == "image" and not source.is_dir():
+        raise DataError(
+            f"{ckpt_path!r} is an image model but input {str(source)!r} is a file; pass input=<folder of images>"
+        )
+
+
+def _check_modality_options(cfg: DictConfig, modality: str) -> None:
+    """Options of the other modality are refused, not silently ignored."""
+    wrong = _IMAGE_OPTIONS if modality == "text" else _TEXT_OPTIONS
+    given = [name for name in wrong if cfg.get(name) is not None]
+    if modality == "text" and cfg.on_bad_image == "skip":
+        given.append("on_bad_image")
+    if given:
+        raise ConfigurationError(
+            f"{given} apply to {'image' if modality == 'text' else 'text'} models, and this checkpoint is a {modality} "
+            f"model. Fix: remove {', '.join(f'{g}=...' for g in given)}"
+        )
+
+
+def _setting(option: Any, stored: Any, default: Any) -> tuple[Any, str]:
+    if option is not None:
+        return option, "option"
+    if stored is not None:
+        return stored, "checkpoint"
+    return default, "default"
+
+
+def _datamodule(
+    cfg: DictConfig, model: Any, source: Path, trained_preprocess: bool
+) -> tuple[Any, dict[str, tuple[Any, str]]]:
+    """The predict data module for ``model``'s modality, set up as trained; and the settings used.
+
+    ``trained_preprocess``: the checkpoint stored the preprocessing it was trained with (older
+    checkpoints did not; the backbone's defaults are used then, and said so).
+    """
+    stored = dict(model.data_settings or {})
+    common = dict(batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), model_labels=list(model.labels))
+    preprocess_source = "checkpoint" if trained_preprocess else "backbone default"
+    if model.preprocess.modality == "text":
+        from tl_lightning.data import TextClassificationDataModule
+
+        settings = {
+            "text_column": _setting(cfg.text_column, stored.get("text_column"), "text"),
+            "max_length": (cfg.max_length, "option") if cfg.max_length is not None
+            else (int(model.preprocess.max_length), preprocess_source),
+            "encoding": _setting(cfg.encoding, stored.get("encoding"), "utf-8"),
+            "separator": _setting(cfg.separator, stored.get("separator"), None),
+        }
+        dm = TextClassificationDataModule(
+            predict_path=str(source),
+            text_column=settings["text_column"][0],
+            id_column=cfg.id_column,
+            # None: the model's preprocess as restored from the checkpoint
+            max_length=cfg.max_length,
+            encoding=settings["encoding"][0],
+            separator=settings["separator"][0],
+            **common,
+        )
+        settings["id_column"] = (cfg.id_column, "option") if cfg.id_column is not None else ("row number", "default")
+    else:
+        from tl_lightning.data import ImageFolderDataModule
+
+        dm = ImageFolderDataModule(
+            predict_dir=str(source), image_size=cfg.image_size, on_bad_image=str(cfg.on_bad_image), **common
+        )
+        dm.set_preprocess(model.preprocess)
+        h, w = dm.effective_preprocess().image_size
+        settings = {
+            "image_size": (h if h == w else [h, w], "option" if cfg.image_size is not None else preprocess_source),
+            "on_bad_image": (str(cfg.on_bad_image), "option" if cfg.on_bad_image != "error" else "default"),
+        }
+    dm.set_preprocess(model.preprocess)
+    return dm, settings
+
+
+def _skipped(dm: Any, source: Path, channels: int) -> list[tuple[str, str]]:
+    """``(relative path, reason)`` of the images the data module left out."""
+    from tl_lightning.data import decode_image
+
+    found: list[tuple[str, str]] = []
+    for name in getattr(dm, "skipped_files", {}).get("predict", []):
+        path = Path(name)
+        try:
+            decode_image(path, channels)
+            reason = "unreadable"
+        except Exception as err:  # noqa: BLE001 - the reason is reported, whatever it is
+            reason = " ".join(str(err).split())
+        try:
+            relative = path.relative_to(source).as_posix()
+        except ValueError:
+            relative = str(path)
+        found.append((relative, reason))
+    return found
+
+
+def _read_back(output: Path) -> tuple[int, dict[str, int], int]:
+    """Rows, label counts and rows with non-finite probabilities of the written CSV."""
+    counts: Counter[str] = Counter()
+    rows = nonfinite = 0
+    with output.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        next(reader)
+        for row in reader:
+            rows += 1
+            counts[row[1]] += 1
+            if any(value in ("nan", "inf", "-inf") for value in row[2:]):
+                nonfinite += 1
+    return rows, dict(counts), nonfinite
+
+
+def predict(cfg: DictConfig | Mapping[str, Any] | None = None, /, **options: Any) -> PredictionSummary:
+    """Write the predictions of ``ckpt_path`` for ``input`` to ``output`` (the ``tl-predict`` run).
+
+    Args:
+        cfg: A composed ``predict.yaml`` config (:func:`compose_predict_config`, or the one
+            ``tl-predict`` gets), or a mapping merged onto the defaults; ``None``: the defaults.
+        **options: Top-level options merged on top (``ckpt_path=...``, ``input=...``,
+            ``trainer={"accelerator": "gpu"}``).
+
+    Returns:
+        What was read, used and written (also printed on rank 0).
+
+    Raises:
+        ConfigurationError: A bad option or output path (checked before anything is loaded).
+        CheckpointError: ``ckpt_path`` is missing or not a readable checkpoint.
+        DataError: The input is missing, of the wrong kind for the model, or unreadable.
+
+    Example:
+        >>> summary = predict(ckpt_path="run/checkpoints/last.ckpt", input="new.csv", output="preds.csv")  # doctest: +SKIP
+        >>> summary.rows  # doctest: +SKIP
+        120
+    """
+    start = time.perf_counter()
+    cfg = _with_options(cfg, options)
+    ckpt_path = _required(cfg, "ckpt_path", "ckpt_path=<run>/checkpoints/last.ckpt input=<file or folder>")
+    source = Path(_required(cfg, "input", f"ckpt_path={ckpt_path} input=<csv/tsv/jsonl file or image folder>")).expanduser()
+    output = Path(str(cfg.output)).expanduser()
+    overwrite = bool(cfg.overwrite)
+
+    # everything that can be checked without the model is checked before it is loaded
+    _check_options(cfg)
+    if not source.exists():
+        raise DataError(
+            f"input {str(source)!r} does not exist. Fix: pass input=<csv/tsv/jsonl file or image folder> "
+            f"(relative paths start at {Path.cwd()})"
+        )
+    from tl_lightning.callbacks.prediction_writer import check_output_path
+
+    protected = [("input", source), ("checkpoint", Path(ckpt_path))]
+    check_output_path(output, overwrite=overwrite, protected=protected)
+    if cfg.on_bad_image == "skip":
+        check_output_path(skipped_path(output), overwrite=overwrite, protected=protected)
+    from tl_lightning.cli._preflight import check_accelerator, check_target_arguments
+
+    with config_step("trainer"):
+        check_accelerator(cfg.trainer)
+        check_target_arguments(cfg.trainer, "trainer")
+
+    from tl_lightning.modules._checkpoint import read_checkpoint
+    from tl_lightning.modules.classifier import CHECKPOINT_KEY, TransferClassifier
+
+    with config_step("ckpt_path"):
+        saved = read_checkpoint(ckpt_path).get(CHECKPOINT_KEY) or {}
+    # a checkpoint moved out of its run folder predicts the same: only what it holds is used
+    modality = saved.get("modality")
+    if modality in ("text", "image"):
+        _check_input(source, modality, ckpt_path)
+        _check_modality_options(cfg, modality)
+    with config_step("ckpt_path"):
+        model = TransferClassifier.load_from_checkpoint(ckpt_path, map_location="cpu")
+    modality = model.preprocess.modality
+    _check_input(source, modality, ckpt_path)
+    _check_modality_options(cfg, modality)
+
+    with config_step("input"):
+        dm, settings = _datamodule(cfg, model, source, trained_preprocess=bool(saved.get("preprocess")))
+        dm.setup("predict")  # here, not in the workers: a bad column or file fails in this process
+    ids = list(dm.predict_ids)
+    skipped = _skipped(dm, source, int(model.preprocess.input_size[0])) if modality == "image" else []
+
+    from tl_lightning.callbacks.prediction_writer import PredictionCSVWriter
+
+    writer = PredictionCSVWriter(
+        output,
+        labels=model.labels,
+        ids=ids,
+        multilabel=model.task == "multilabel",
+        threshold=float(cfg.threshold),
+        overwrite=overwrite,
+    )
+    with config_step("trainer"):
+        trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[writer])
+    with config_step("input"):
+        trainer.predict(model, datamodule=dm, return_predictions=False)
+
+    devices = f"{trainer.world_size} x {trainer.strategy.root_device.type}, precision {trainer.precision}"
+    summary = PredictionSummary(
+        output=output, rows=len(ids), inputs=len(ids) + len(skipped), modality=modality, settings=settings,
+        skipped=skipped, devices=devices,
+    )
+    if not trainer.is_global_zero:
+        return summary
+    summary.rows, summary.label_counts, summary.nonfinite_rows = _read_back(output)
+    if summary.rows != len(ids):
+        raise DataError(f"{str(output)!r} has {summary.rows} rows but {len(ids)} inputs were predicted")
+    stale = skipped_path(output)
+    if skipped:
+        from tl_lightning.callbacks.prediction_writer import write_csv_atomically
+
+        summary.skipped_file = write_csv_atomically(stale, ["id", "reason"], skipped, overwrite=overwrite)
+        for name, reason in skipped:
+            print(f"tl-predict: skipped unreadable image {name}: {reason}", file=sys.stderr)
+    elif overwrite and stale.exists() and cfg.on_bad_image == "skip":
+        stale.unlink()  # an old list would describe another run
+    summary.seconds = time.perf_counter() - start
+    print(summary.format(), flush=True)
+    return summary
+
+
+_SPAWNED_ERROR = re.compile(r"^tl_lightning\.errors\.(\w+): (.*)$", re.MULTILINE)
+
+
+def _message(err: BaseException) -> str | None:
+    """A one-line message for a user error, also when it was raised in a spawned worker process."""
+    message = user_error_message(err)
+    if message is not None:
+        return message
+    # ddp_spawn re-raises a worker's error as a ProcessRaisedException holding its traceback text
+    current: BaseException | None = err
+    while current is not None:
+        if type(current).__name__ == "ProcessRaisedException":
+            found = _SPAWNED_ERROR.findall(str(current))
+            if found:
+                name, text = found[-1]
+                return f"error in a prediction process: {name}: {text.strip()}"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _task(cfg: DictConfig) -> None:
+    try:
+        predict(cfg)
+    except Exception as err:
+        message = _message(err)
+        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"tl-predict: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"tl-predict: {message}", file=sys.stderr)
         raise SystemExit(1) from None
-    print(f"wrote {output}")
+
+
+def main() -> None:
+    """Console entry point of ``tl-predict`` (Hydra parses ``sys.argv``)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    prepare_omegaconf()
+    app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")(_task)
+    app()
 
 
 if __name__ == "__main__":
