@@ -127,10 +127,12 @@ def test_callbacks_instantiate(option: str, tmp_path: Path) -> None:
     built = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     assert all(isinstance(c, Callback) for c in built)
     if option == "default":
+        from tl_lightning.callbacks import LastAndBestCheckpoint
+
         kinds = {type(c).__name__ for c in built}
-        assert {"ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "TQDMProgressBar"} <= kinds
-        checkpoint = next(c for c in built if type(c).__name__ == "ModelCheckpoint")
-        assert checkpoint.monitor == "val/acc" and checkpoint.mode == "max"
+        assert {"LastAndBestCheckpoint", "EarlyStopping", "LearningRateMonitor", "TQDMProgressBar"} <= kinds
+        checkpoint = next(c for c in built if isinstance(c, LastAndBestCheckpoint))
+        assert checkpoint.monitor == "val/acc" and checkpoint.mode == "max" and checkpoint.save_last
         assert Path(checkpoint.dirpath) == tmp_path / "checkpoints"
 
 
@@ -251,3 +253,17 @@ def test_model_config_matches_transfer_classifier_signature(tmp_path: Path) -> N
     with open_dict(cfg):
         keys = {k for k in cfg.model.keys() if not str(k).startswith("_")}
     assert keys <= accepted, keys - accepted
+
+
+def test_run_keeping_settings_are_on_by_default(tmp_path: Path) -> None:
+    """last.ckpt every epoch, metrics.csv continued on resume, run folders claimed, NaN loss stops the run."""
+    from hydra.utils import get_class
+
+    from tl_lightning.cli._csv_logger import ResumableCSVLogger
+    from tl_lightning.cli._run_folder import RunFolderGuard
+
+    cfg = compose_train([], tmp_path)
+    assert isinstance(instantiate(cfg.logger.csv), ResumableCSVLogger)
+    assert get_class(cfg.hydra.callbacks.run_folder._target_) is RunFolderGuard
+    assert cfg.resume is None and cfg.ckpt_path is None
+    assert cfg.model.nonfinite == "error"

@@ -311,3 +311,176 @@ def test_shortened_demo_learns_with_real_minilm(tmp_path: Path) -> None:
                        "~callbacks.progress_bar", "+trainer.enable_progress_bar=false"], tmp_path)
     summary = train(cfg)
     assert summary.test_metrics["test/acc"] > 0.6  # measured 0.70 (chance 0.5; 0.6 on 320 examples: p < 0.001)
+
+
+# --- refused before training: one line naming the key, the value and the fix --------------
+
+
+def assert_one_line_error(code: int, out: str, *expected: str) -> None:
+    assert code == 1, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    for text in expected:
+        assert text in out, out[-3000:]
+
+
+TINY = ["experiment=tiny_image", "trainer.max_epochs=1"]
+
+
+def test_unknown_model_argument_names_the_valid_ones(
+    image_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    code, out = run_main([*TINY, f"data.root={image_root}", "+model.lrr=0.1"], tmp_path, monkeypatch, capsys)
+    assert_one_line_error(code, out, "model.lrr is not an argument of tl_lightning.TransferClassifier",
+                          "did you mean 'lr'", "'head_lr'", "'weight_decay'")
+
+
+def test_unknown_trainer_argument_is_named(
+    image_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    code, out = run_main([*TINY, f"data.root={image_root}", "+trainer.max_epoch=3"], tmp_path, monkeypatch, capsys)
+    assert_one_line_error(code, out, "trainer.max_epoch is not an argument of", "did you mean 'max_epochs'")
+
+
+def test_non_numeric_learning_rate_is_one_line(
+    image_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    code, out = run_main([*TINY, f"data.root={image_root}", "model.lr=fast"], tmp_path, monkeypatch, capsys)
+    assert_one_line_error(code, out, "ConfigurationError", "lr must be a finite number > 0, got 'fast'")
+
+
+def test_negative_max_epochs_is_one_line(
+    image_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    code, out = run_main([*TINY, f"data.root={image_root}", "trainer.max_epochs=-2"], tmp_path, monkeypatch, capsys)
+    assert_one_line_error(code, out, "trainer.max_epochs must be an integer >= -1, got -2")
+
+
+def test_gpu_trainer_without_gpu_is_one_line(
+    image_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    code, out = run_main([*TINY, f"data.root={image_root}", "trainer=gpu"], tmp_path, monkeypatch, capsys)
+    assert_one_line_error(code, out, "trainer.accelerator='gpu' but torch sees no CUDA GPU", "trainer=cpu")
+
+
+def test_train_false_without_checkpoint_is_refused(
+    image_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    code, out = run_main([*TINY, f"data.root={image_root}", "train=false"], tmp_path, monkeypatch, capsys)
+    assert_one_line_error(code, out, "train=false without ckpt_path", "randomly initialised head")
+
+
+def test_last_batch_of_one_sample_with_batchnorm_is_found_before_training(
+    image_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """12 training images in batches of 11: the last batch holds 1 image, which test_resnet's BatchNorm
+    (1x1 feature maps at 32 px) cannot train on."""
+    code, out = run_main([*TINY, f"data.root={image_root}", "data.batch_size=11"], tmp_path, monkeypatch, capsys)
+    assert_one_line_error(code, out, "the last training batch of every epoch holds 1 sample",
+                          "12 training samples", "data.batch_size=11", "data.drop_last=true")
+    assert not (tmp_path / "run" / "checkpoints").exists(), "nothing was trained"
+
+
+def test_monitoring_validation_without_validation_data_is_found_before_training(
+    image_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    code, out = run_main([*TINY, f"data.root={image_root}", "data.val_fraction=0"], tmp_path, monkeypatch, capsys)
+    assert_one_line_error(code, out, "there is no validation data", "callbacks.model_checkpoint monitors 'val/acc'",
+                          "data.val_fraction")
+    assert not (tmp_path / "run" / "checkpoints").exists(), "nothing was trained"
+
+
+def test_testing_without_test_data_is_found_before_training(
+    image_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    code, out = run_main([*TINY, f"data.root={image_root}", "data.test_fraction=0"], tmp_path, monkeypatch, capsys)
+    assert_one_line_error(code, out, "test=true but there is no test data", "data.test_fraction=0 ",
+                          "data.test_dir", "test=false")
+    assert not (tmp_path / "run" / "checkpoints").exists(), "found before training, not after it"
+
+
+@pytest.mark.parametrize("kind", ["not_a_checkpoint", "truncated", "missing"])
+def test_bad_checkpoint_path_is_one_line(
+    kind: str, image_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import torch
+
+    path = tmp_path / "model.ckpt"
+    if kind == "not_a_checkpoint":
+        path.write_text("epoch,acc\n1,0.5\n")
+    elif kind == "truncated":
+        torch.save({"state_dict": {"w": torch.zeros(10_000)}}, path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    code, out = run_main([*TINY, f"data.root={image_root}", f"ckpt_path={path}"], tmp_path, monkeypatch, capsys)
+    expected = "does not exist" if kind == "missing" else "is not a readable checkpoint"
+    assert_one_line_error(code, out, "error in ckpt_path: CheckpointError", expected)
+
+
+def test_resuming_with_another_backbone_or_modality_is_one_line(
+    image_root: Path, text_csv: Path, tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    run = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["tl-train", *TINY, f"data.root={image_root}", "test=false", f"hydra.run.dir={run}",
+                                      "extras.print_config=false"])
+    GlobalHydra.instance().clear()
+    main()  # a finished run to resume
+    summary = (run / "summary.json").read_text()
+
+    monkeypatch.setattr(sys, "argv", ["tl-train", "--resume", str(run), "backbone=timm_test_vit"])
+    GlobalHydra.instance().clear()
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    code, out = int(exit_info.value.code or 0), captured.err + captured.out
+    assert_one_line_error(code, out, "CheckpointError", "'timm:test_resnet'", "does not fit this model's 'timm:test_vit'")
+    assert (run / "summary.json").read_text() == summary, "the run's own summary is left as it was"
+
+    ckpt = run / "checkpoints" / "last.ckpt"
+    code, out = run_main(["experiment=tiny_text", f"backbone.path={tiny_bert_dir}", f"data.path={text_csv}",
+                          f"ckpt_path={ckpt}"], tmp_path / "text", monkeypatch, capsys)
+    assert_one_line_error(code, out, "CheckpointError", "holds a image model", "builds a text model")
+
+
+class PoisonWeights(L.Callback if (L := __import__("lightning").pytorch) else object):
+    """Makes the head's weights NaN when epoch ``epoch`` starts (a diverged run, reproducibly)."""
+
+    def __init__(self, epoch: int = 1) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        if trainer.current_epoch == self.epoch:
+            import torch
+
+            with torch.no_grad():
+                for p in pl_module.head.parameters():
+                    p.fill_(float("nan"))
+
+
+def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(
+    image_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import torch
+
+    from tl_lightning.modules._checkpoint import read_checkpoint
+
+    code, out = run_main(["experiment=tiny_image", f"data.root={image_root}", "trainer.max_epochs=3",
+                          "+callbacks.poison._target_=test_train_app.PoisonWeights"], tmp_path, monkeypatch, capsys)
+    assert_one_line_error(code, out, "NonFiniteError", "the training loss is nan at optimizer step 2 (epoch 1, batch 0)")
+    run = tmp_path / "run"
+    last = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert last["epoch"] == 0 and all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["stopped_by"].startswith("NonFiniteError")
+    assert summary["last_checkpoint"] == str(run / "checkpoints" / "last.ckpt")
+
+
+def test_summary_shows_nan_metrics() -> None:
+    from tl_lightning.cli._summary import RunSummary
+
+    text = RunSummary(task_name="t", output_dir="o", val_metrics={"val/loss": float("nan"), "val/acc": 0.5},
+                      best_score=float("nan"), monitor="val/loss").format()
+    assert "val/loss=nan" in text and "val/acc=0.5000" in text and "best val/loss: nan" in text

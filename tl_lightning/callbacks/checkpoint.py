@@ -15,7 +15,6 @@ says so and the previous best stays).
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any
 
 import lightning.pytorch as pl
@@ -50,16 +49,6 @@ class LastAndBestCheckpoint(ModelCheckpoint):
 
     def __init__(self, *args: Any, save_last: bool | str | None = True, **kwargs: Any) -> None:
         super().__init__(*args, save_last=save_last, **kwargs)
-
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        resuming_here = trainer.ckpt_path is not None and self.dirpath is not None and (
-            os.path.dirname(os.path.abspath(trainer.ckpt_path)) == os.path.abspath(self.dirpath)
-        )
-        with warnings.catch_warnings():
-            if resuming_here:  # a run resumed in its own folder finds its checkpoints there, as it should
-                warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
-            super().setup(trainer, pl_module, stage)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

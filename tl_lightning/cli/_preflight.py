@@ -147,10 +147,20 @@ def check_monitored_splits(split_sizes: dict[str, int], callbacks: dict[str, Any
             )
 
 
-def check_test_split(test: bool, split_sizes: dict[str, int], reason: str) -> None:
-    """``test=true`` needs test data; found before training rather than after it."""
+def check_test_split(test: bool, split_sizes: dict[str, int], fraction: Any, source_key: str) -> None:
+    """``test=true`` needs test data; found before training rather than after it.
+
+    Args:
+        test: The run's ``test`` switch.
+        split_sizes: Samples per split (``datamodule.split_sizes()``).
+        fraction: ``data.test_fraction``.
+        source_key: The config key of a separate test source (``data.test_dir``).
+    """
     if test and split_sizes.get("test", 0) == 0:
-        raise DataError(f"test=true but there is no test data ({reason}). Fix: see above, or add test=false")
+        raise DataError(
+            f"test=true but there is no test data (data.test_fraction={fraction} and no {source_key}). "
+            f"Fix: set data.test_fraction (e.g. 0.1) or {source_key}=..., or add test=false"
+        )
 
 
 def _batchnorms(module: torch.nn.Module) -> list[str]:

@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +111,7 @@ def _check_data_before_training(
                 datamodule.setup(stage)
         sizes = datamodule.split_sizes()
         if do_test:
-            reason = f"data.test_fraction={cfg.data.get('test_fraction')} and no {_source_key(cfg.data, 'test')}"
-            check_test_split(do_test, sizes, reason)
+            check_test_split(do_test, sizes, cfg.data.get("test_fraction"), _source_key(cfg.data, "test"))
     if not do_train:
         return
     with config_step("callbacks"):
@@ -265,7 +265,9 @@ def train(cfg: DictConfig) -> RunSummary:
         stop: RunInterrupted | None = None
         interrupt.install()
         try:
-            with config_step("trainer.fit"):
+            with config_step("trainer.fit"), warnings.catch_warnings():
+                if ckpt_path:  # resuming in the run's own folder finds its checkpoints there, as it should
+                    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
                 trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
         except RunInterrupted as err:
             stop = err
