@@ -26,7 +26,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.optim import Optimizer
 from typing_extensions import override
 
@@ -46,6 +46,7 @@ from tl_lightning._targets import FineTuneTargets, GroupsSpec, HeadSpec, resolve
 from tl_lightning.describe import log_layer_groups_once
 from tl_lightning.errors import CheckpointError, ConfigurationError
 from tl_lightning.freezing import frozen_norm_modules, set_norm_eval, set_requires_grad
+from tl_lightning.sharding import check_sharded_unfreezing
 
 __all__ = ["GradualUnfreezing", "Preset"]
 
@@ -442,6 +443,7 @@ class GradualUnfreezing(Callback):
     def _repartition(self, pl_module: pl.LightningModule, out: Any) -> None:
         """One named param group per layer group, frozen parameters included, when needed."""
         assert self._targets is not None and self._trainer is not None
+        self._follow_replaced_parameters(pl_module)
         from tl_lightning.callbacks.layer_decay import LayerwiseLRDecay
         from tl_lightning.optim import apply_layerwise_lr_decay
 
@@ -515,6 +517,13 @@ class GradualUnfreezing(Callback):
         self._pl_module.load_state_dict(self._best_state)
         rank_zero_info(f"[GradualUnfreezing] restored the phase's best weights ({self.monitor}={self._plan.best if self._plan else '?'})")
 
+    def _follow_replaced_parameters(self, pl_module: pl.LightningModule) -> None:
+        # configure_model may replace every parameter (FSDP2's fully_shard): find the groups again
+        current = {id(p) for p in pl_module.parameters()}
+        if self._targets is not None and any(id(p) not in current for g in self._targets.groups for p in g.parameters()):
+            self._targets = resolve_targets(pl_module, shared_groups(self._trainer, self, self.groups), self.head)
+            self._apply_state()
+
     # ----------------------------------------------------------------- hooks
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -534,6 +543,7 @@ class GradualUnfreezing(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self._targets is not None
+        self._follow_replaced_parameters(pl_module)
         in_optim = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
         missing = [n for g in self._targets.groups for n, p in g.params if id(p) not in in_optim]
         if missing and trainer.optimizers:
@@ -549,10 +559,8 @@ class GradualUnfreezing(Callback):
             self._ddp_sync = OutsideReducerSync([p for g in self._targets.groups for p in g.parameters()])
             self._ddp_sync.capture(wrapped)
         elif trainer.world_size > 1:
-            rank_zero_warn(
-                f"GradualUnfreezing: strategy {type(trainer.strategy).__name__} is not DDP; gradients of "
-                "groups unfrozen during training are averaged across ranks only under DDP strategies."
-            )
+            check_sharded_unfreezing(trainer, pl_module, unfreezes=bool(self._plan and self._plan.phases),
+                                     restore_best=self.restore_best)
         log_layer_groups_once(trainer, pl_module, self._targets)
         self._factors.install(
             trainer.optimizers,

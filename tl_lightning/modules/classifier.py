@@ -254,6 +254,16 @@ class TransferClassifier(LightningModule):
             self.data_settings = dict(to_plain(dict(data_settings)))
 
     @override
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (``trainer=fsdp``): one FSDP2 unit per layer group plus the head.
+
+        A no-op under every other strategy (see :func:`tl_lightning.sharding.shard_classifier`).
+        """
+        from tl_lightning.sharding import shard_classifier
+
+        shard_classifier(self)
+
+    @override
     def on_fit_start(self) -> None:
         from tl_lightning._targets import resolve_targets
         from tl_lightning.describe import log_layer_groups_once
