@@ -41,6 +41,7 @@ def _spec_of_groups(groups: Sequence[LayerGroup], prefix: str = "") -> LayerSpec
         head=heads,
         no_weight_decay=no_decay,
         notes=tuple(getattr(groups, "notes", ())),
+        adapter_targets=[prefix + n for g in groups for n, _ in g.adapter_targets],
     )
 
 
@@ -50,6 +51,7 @@ def _children_spec(module: nn.Module) -> LayerSpec:
     groups: list[tuple[str | None, Sequence[str]]] = []
     heads: list[str] = []
     no_decay: list[str] = []
+    targets: list[str] = []
     notes = list(base.notes)
     for name, pnames in base.groups:
         child = module._modules.get(name) if name is not None else None
@@ -64,7 +66,8 @@ def _children_spec(module: nn.Module) -> LayerSpec:
         heads.extend(f"{name}.{h}" for h in inner.head)
         no_decay.extend(f"{name}.{d}" for d in inner.no_weight_decay)
         notes.extend(f"{name}: {n}" for n in inner.notes)
-    return LayerSpec(groups, head=heads, no_weight_decay=no_decay, notes=tuple(notes))
+        targets.extend(f"{name}.{t}" for t in inner.adapter_targets)
+    return LayerSpec(groups, head=heads, no_weight_decay=no_decay, notes=tuple(notes), adapter_targets=targets)
 
 
 def layer_groups_for_module(module: nn.Module, prefix: str = "") -> list[LayerGroup]:

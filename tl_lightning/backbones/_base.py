@@ -50,6 +50,9 @@ class LayerGroup:
         no_weight_decay: Names (as in ``params``) of the parameters that take no weight decay:
             1-d tensors (biases, norm scales) and what the model family declares (timm's
             ``no_weight_decay()``: ``pos_embed``, ``cls_token``, ...).
+        adapter_targets: ``(qualified name, module)`` pairs of the group's layers that adapters
+            (LoRA) target by default, as the model family declares them (the attention
+            projections of transformer blocks); empty when the family declares none.
     """
 
     name: str
@@ -57,6 +60,7 @@ class LayerGroup:
     modules: tuple[tuple[str, nn.Module], ...] = ()
     is_head: bool = False
     no_weight_decay: frozenset[str] = frozenset()
+    adapter_targets: tuple[tuple[str, nn.Module], ...] = ()
 
     def parameters(self) -> Iterator[nn.Parameter]:
         """Iterate over the group's parameters."""
@@ -181,6 +185,18 @@ class Backbone(nn.Module):
     def layer_group_names(self) -> list[str]:
         """Names of :meth:`layer_groups`, input -> output."""
         return [g.name for g in self.layer_groups()]
+
+    def adapter_targets(self) -> list[str]:
+        """Names of the layers adapters (LoRA) target by default, as the model family declares them.
+
+        The attention projections of transformer blocks (timm ``attn.qkv`` / ``attn.proj``,
+        Hugging Face ``query`` / ``key`` / ``value``); empty for families that declare none (CNNs).
+        """
+        return [name for g in self.layer_groups() for name, _ in g.adapter_targets]
+
+    def reset_layer_groups(self) -> None:
+        """Forget the cached :meth:`layer_groups` (after modules were replaced, e.g. adapters injected)."""
+        self.__dict__.pop("_layer_groups_cache", None)
 
     def _build_layer_groups(self) -> list[LayerGroup]:
         raise NotImplementedError

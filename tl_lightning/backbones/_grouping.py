@@ -56,12 +56,16 @@ class LayerSpec:
         no_weight_decay: Parameter names (or prefixes at a ``.`` boundary) exempt from weight
             decay besides 1-d tensors, as the model declares them (timm's ``no_weight_decay()``).
         notes: Decisions a user should see (a big container split into its blocks, ...).
+        adapter_targets: Module names (relative to the module the spec describes) of the layers
+            adapters such as LoRA target by default: the attention projections of transformer
+            blocks (``blocks.0.attn.qkv``). Empty when the family declares none.
     """
 
     groups: Sequence[tuple[str | None, Sequence[str]]]
     head: Sequence[str] = ()
     no_weight_decay: Collection[str] = ()
     notes: Sequence[str] = field(default_factory=tuple)
+    adapter_targets: Sequence[str] = ()
 
 
 class LayerGroups(list):
@@ -231,6 +235,31 @@ def _attach_modules(module: nn.Module, owner: dict[str, int], n_groups: int) -> 
     return found
 
 
+def _adapter_targets_by_group(
+    module: nn.Module, names: Sequence[str], owner: dict[str, int], n_groups: int
+) -> list[list[tuple[str, nn.Module]]]:
+    """Declared adapter targets, each in the group that owns its parameters."""
+    found: list[list[tuple[str, nn.Module]]] = [[] for _ in range(n_groups)]
+    if not names:
+        return found
+    modules = dict(module.named_modules())
+    for name in names:
+        mod = modules.get(name)
+        if mod is None:
+            raise LayerGroupError(
+                f"the layer spec declares adapter target {name!r}, which is not a module of {type(module).__name__}"
+            )
+        owners = {owner.get(f"{name}.{n}") for n, _ in mod.named_parameters()}
+        if len(owners) != 1 or None in owners:
+            raise LayerGroupError(
+                f"adapter target {name!r} must lie inside one layer group (its parameters are in {len(owners)})"
+            )
+        i = owners.pop()
+        assert i is not None
+        found[i].append((name, mod))
+    return found
+
+
 def build_layer_groups(module: nn.Module, spec: LayerSpec, prefix: str = "", check: bool = True) -> LayerGroups:
     """Turn a :class:`LayerSpec` into checked layer groups: the grouping engine.
 
@@ -277,6 +306,7 @@ def build_layer_groups(module: nn.Module, spec: LayerSpec, prefix: str = "", che
     modules = _attach_modules(module, owner, len(sections))
     no_decay_declared = tuple(spec.no_weight_decay)
     pre = prefix if not prefix or prefix.endswith(".") else prefix + "."
+    targets = _adapter_targets_by_group(module, spec.adapter_targets, owner, len(sections))
     groups = []
     for i, (name, (_, pnames, is_head)) in enumerate(zip(names, sections)):
         exempt = frozenset(
@@ -289,6 +319,7 @@ def build_layer_groups(module: nn.Module, spec: LayerSpec, prefix: str = "", che
                 tuple((pre + m, mod) for m, mod in modules[i]),
                 is_head=is_head,
                 no_weight_decay=exempt,
+                adapter_targets=tuple((pre + m, mod) for m, mod in targets[i]),
             )
         )
     if check:

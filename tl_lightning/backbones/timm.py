@@ -22,7 +22,7 @@ from tl_lightning.backbones._registry import register_family
 from tl_lightning.backbones._weights import KeyMap, is_local_weights, load_weights
 from tl_lightning.errors import ConfigurationError, UnknownNameError, WeightsUnavailableError, did_you_mean
 
-__all__ = ["TimmBackbone", "is_timm_model", "timm_layer_spec"]
+__all__ = ["TimmBackbone", "is_timm_model", "timm_layer_spec", "timm_attention_projections"]
 
 # Keyword arguments the adapter itself takes; everything else goes to timm.create_model.
 _ADAPTER_ARGS = ("pretrained", "weights", "key_map", "granularity")
@@ -138,7 +138,33 @@ def timm_layer_spec(model: nn.Module, granularity: Literal["coarse", "fine"] = "
     heads = [classifier] if isinstance(classifier, str) else [str(c) for c in classifier or ()]
     no_wd_fn = getattr(model, "no_weight_decay", None)
     no_wd = sorted(no_wd_fn()) if callable(no_wd_fn) else []
-    return LayerSpec([(None, list(pnames)) for pnames in grouped.values()], head=heads, no_weight_decay=no_wd)
+    return LayerSpec(
+        [(None, list(pnames)) for pnames in grouped.values()],
+        head=heads,
+        no_weight_decay=no_wd,
+        adapter_targets=timm_attention_projections(model),
+    )
+
+
+#: How timm's attention blocks name their projections (ViT, DeiT, Swin, BEiT: ``attn.qkv`` and
+#: ``attn.proj``; EVA-style blocks: separate ``attn.q_proj`` / ``k_proj`` / ``v_proj``).
+TIMM_ATTENTION_PROJECTIONS = ("attn.qkv", "attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.proj")
+
+
+def timm_attention_projections(model: nn.Module) -> list[str]:
+    """Names of the attention projection layers of a timm model (the default LoRA targets).
+
+    Empty for models without attention blocks (ResNets, ConvNeXts, EfficientNets).
+
+    Example:
+        >>> timm_attention_projections(timm.create_model("test_vit"))[:2]
+        ['blocks.0.attn.qkv', 'blocks.0.attn.proj']
+    """
+    return [
+        name
+        for name, mod in model.named_modules()
+        if isinstance(mod, nn.Linear) and any(name.endswith("." + s) or name == s for s in TIMM_ATTENTION_PROJECTIONS)
+    ]
 
 
 def _check_tag(arch: str) -> None:

@@ -245,7 +245,9 @@ def hf_layer_spec(model: nn.Module) -> LayerSpec | None:
     ``classifier``), named at the depth of the layer list's parent (``bert.pooler``).
     Head: whatever a task model holds outside its base model (``classifier``, ``score``,
     ``pre_classifier``...). No weight decay: 1-d tensors (biases, LayerNorm), as in the
-    transformers Trainer. A model without any ``nn.ModuleList`` is grouped by children.
+    transformers Trainer. Adapter targets: the query / key / value projections inside the
+    layers (:data:`HF_ATTENTION_PROJECTIONS`). A model without any ``nn.ModuleList`` is grouped
+    by children.
     """
     if "transformers" not in sys.modules:
         return None
@@ -290,7 +292,19 @@ def hf_layer_spec(model: nn.Module) -> LayerSpec | None:
     for pns in after.values():
         full = group_name_from_params(pns, len(named))
         named.append((".".join(full.split(".")[:depth]), pns))
-    return LayerSpec(named, head=head)
+    targets = [
+        n
+        for n, m in model.named_modules()
+        if n.startswith(best + ".") and isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in HF_ATTENTION_PROJECTIONS
+    ]
+    return LayerSpec(named, head=head, adapter_targets=targets)
+
+
+#: How transformers encoders name the query / key / value projections of their attention layers
+#: (BERT, RoBERTa, ViT, ...: ``query`` / ``key`` / ``value``; DistilBERT: ``q_lin`` ...; others
+#: ``q_proj`` ...): the default LoRA targets. The output projection is left out: its name
+#: (``attention.output.dense``) is shared with the feed-forward output.
+HF_ATTENTION_PROJECTIONS = frozenset({"query", "key", "value", "q_lin", "k_lin", "v_lin", "q_proj", "k_proj", "v_proj"})
 
 
 def _is_local_source(source: str) -> bool:

@@ -424,9 +424,15 @@ class TransferClassifier(LightningModule):
             "optimizer": repr(self.optimizer_factory) if self.optimizer_factory is not None else None,
             "scheduler": repr(self.scheduler_factory) if self.scheduler_factory is not None else None,
         }
+        from tl_lightning.finetune.lora._checkpoint import save_adapter
+
+        save_adapter(self, checkpoint)  # with a LoRA adapter: adapter + head + base digest, not the base
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from tl_lightning.finetune.lora._checkpoint import restore_adapter
+
+        restore_adapter(self, checkpoint)  # a LoRA checkpoint: add the adapter, check the base, fill it in
         saved = checkpoint.get(CHECKPOINT_KEY, {})
         modality = saved.get("modality")
         mine = self.backbone.preprocess.modality
@@ -482,11 +488,17 @@ class TransferClassifier(LightningModule):
             >>> model = TransferClassifier.load_from_checkpoint("run/checkpoints/last.ckpt")  # doctest: +SKIP
             >>> probs = model.predict_step(batch, 0)  # doctest: +SKIP
         """
+        from tl_lightning.finetune.lora._checkpoint import adapter_base_kwargs
+
         checkpoint = read_checkpoint(checkpoint_path)
         saved = checkpoint.get(CHECKPOINT_KEY, {})
         rebuild = saved.get("backbone_rebuild")
         original_name = None
-        if rebuild and "backbone" not in kwargs:
+        # a LoRA checkpoint holds no base weights: they come from the pretrained source again
+        base_kwargs = adapter_base_kwargs(checkpoint)
+        for key, value in base_kwargs.items():
+            kwargs.setdefault(key, value)
+        if rebuild and "backbone" not in kwargs and not base_kwargs:
             folder = materialize_files(dict(rebuild["files"]))
             hparams = checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY, {})
             original_name = hparams.get("backbone")
