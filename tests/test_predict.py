@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from tl_lightning import TransferClassifier
 from tl_lightning.callbacks.prediction_writer import write_csv_atomically
 from tl_lightning.cli.predict import compose_predict_config, main, predict, skipped_path
-from tl_lightning.errors import ConfigurationError
+from tl_lightning.errors import ConfigurationError, DataError
 
 LONG = "the good movie the great actor the fun plot the boring film the awful movie the bad plot"
 TEXTS = [LONG, "a good movie", "NA", "None", "null", "", LONG + " great fun"]
@@ -182,6 +183,7 @@ def test_image_predictions_in_input_order_with_the_trained_size(
     assert not skipped_path(tmp_path / "p.csv").exists()
 
 
+@pytest.mark.ddp
 def test_ddp_sim_writes_the_single_process_rows_in_input_order(
     image_run: tuple[Path, TransferClassifier, Path], tmp_path: Path
 ) -> None:
@@ -257,6 +259,10 @@ def test_multilabel_labels_above_threshold_and_trainer_options(tmp_path: Path) -
                                               f"output={tmp_path / 'bf16.csv'}", "trainer.precision=bf16-mixed"]))
     assert summary.devices.endswith("bf16-mixed")
     assert (_probs(_rows(tmp_path / "bf16.csv"), ["a", "b", "c"]) - probs).abs().max() < 0.05
+    # a run that leaves inputs out writes nothing
+    with pytest.raises(DataError, match="missing"):
+        predict(**base, output=str(tmp_path / "part.csv"), batch_size=1, trainer={"limit_predict_batches": 2})
+    assert not (tmp_path / "part.csv").exists()
 
 
 def run_cli(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
@@ -312,12 +318,20 @@ def test_output_is_checked_before_anything_is_loaded(
     assert "not a readable checkpoint" in err and "garbage.ckpt" in err
 
 
-@pytest.mark.skipif(sys.platform == "win32" or __import__("os").geteuid() == 0, reason="root writes anywhere")
-def test_unwritable_output_folder(tmp_path: Path, garbage_ckpt: Path) -> None:
+def _unwritable_folder(tmp_path: Path) -> Path:
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
+    if not os.access(locked, os.W_OK):
+        return locked
+    if Path("/sys").is_dir():  # root writes anywhere but in sysfs
+        return Path("/sys")
+    pytest.skip("no folder this user cannot write to")
+
+
+def test_unwritable_output_folder(tmp_path: Path, garbage_ckpt: Path) -> None:
+    folder = _unwritable_folder(tmp_path)
     with pytest.raises(ConfigurationError, match="is not writable"):
-        predict(ckpt_path=str(garbage_ckpt), input=str(garbage_ckpt), output=str(locked / "p.csv"))
+        predict(ckpt_path=str(garbage_ckpt), input=str(garbage_ckpt), output=str(folder / "p.csv"))
 
 
 def test_atomic_write_leaves_nothing_half_written(tmp_path: Path) -> None:
@@ -353,6 +367,7 @@ def test_one_line_errors(
         ([f"ckpt_path={ckpt}", f"input={new}", "threshold=1.5"], ["threshold must be a finite number in [0, 1]", "1.5"]),
         ([f"ckpt_path={ckpt}", f"input={new}", "batch_size=0"], ["batch_size must be an integer >= 1, got 0"]),
         ([f"ckpt_path={ckpt}", f"input={new}", "on_bad_image=ignore"], ["on_bad_image must be one of", "'skip'"]),
+        ([f"ckpt_path={ckpt}", f"input={new}", "treshold=0.3"], ["unknown option 'treshold'", "did you mean 'threshold'"]),
     ]
     if not torch.cuda.is_available():
         cases += [([f"ckpt_path={ckpt}", f"input={new}", "trainer=gpu"], ["trainer.accelerator='gpu'", "no CUDA GPU"])]

@@ -16,6 +16,7 @@ import csv
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,13 @@ def format_probability(p: float) -> str:
     return str(np.float32(p))
 
 
+def _all_gather(trainer: Trainer, tensor: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():
+        # Lightning gathers through a torch function that newer torch versions deprecate
+        warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
+        return trainer.strategy.all_gather(tensor)
+
+
 class PredictionCSVWriter(BasePredictionWriter):
     """Write the class probabilities of ``trainer.predict`` to one CSV file, in input order.
 
@@ -261,15 +269,15 @@ class PredictionCSVWriter(BasePredictionWriter):
         device = pl_module.device
         # ranks may hold different numbers of rows (the predict sampler does not pad): pad to the
         # largest share with index -1, gather, then drop the padding
-        sizes = trainer.strategy.all_gather(torch.tensor([n_local, width], device=device)).reshape(-1, 2)
+        sizes = _all_gather(trainer, torch.tensor([n_local, width], device=device)).reshape(-1, 2)
         most, width = int(sizes[:, 0].max()), int(sizes[:, 1].max())
         indices = torch.full((most,), -1, dtype=torch.long, device=device)
         probs = torch.zeros(most, width, dtype=torch.float32, device=device)
         if n_local:
             indices[:n_local] = torch.tensor(local_indices, dtype=torch.long, device=device)
             probs[:n_local] = local_probs.to(device)  # type: ignore[union-attr]
-        all_indices = trainer.strategy.all_gather(indices).reshape(-1).cpu()
-        all_probs = trainer.strategy.all_gather(probs).reshape(-1, width).cpu()
+        all_indices = _all_gather(trainer, indices).reshape(-1).cpu()
+        all_probs = _all_gather(trainer, probs).reshape(-1, width).cpu()
         keep = all_indices >= 0
         return all_indices[keep], all_probs[keep]
 

@@ -31,7 +31,6 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError
 
 from tl_lightning.cli._config import config_dir, prepare_omegaconf
 from tl_lightning.cli._errors import config_step, user_error_message
@@ -125,21 +124,24 @@ def compose_predict_config(overrides: Sequence[str] = ()) -> DictConfig:
 
 
 def _with_options(cfg: DictConfig | Mapping[str, Any] | None, options: Mapping[str, Any]) -> DictConfig:
+    if cfg is not None and not isinstance(cfg, DictConfig):
+        options, cfg = {**dict(cfg), **options}, None
     base = compose_predict_config() if cfg is None else cfg
-    if not isinstance(base, DictConfig):
-        base = OmegaConf.merge(compose_predict_config(), dict(base))  # type: ignore[assignment]
     if not options:
-        return base  # type: ignore[return-value]
+        return base
     known = [str(k) for k in base.keys()]
     unknown = [k for k in options if k not in known]
     if unknown:
         raise ConfigurationError(
             f"unknown tl-predict option {unknown[0]!r}{did_you_mean(unknown[0], known)} Options: {known}"
         )
-    try:
-        return OmegaConf.merge(base, dict(options))  # type: ignore[return-value]
-    except ConfigKeyError as err:
-        raise ConfigurationError(f"unknown tl-predict option: {err}") from None
+    # top-level keys are checked above; trainer={...} may add any Trainer argument (checked
+    # against Trainer's signature before it is built), like +trainer.<key>= on the command line
+    merged = OmegaConf.merge(base, {})
+    OmegaConf.set_struct(merged, False)
+    merged = OmegaConf.merge(merged, dict(options))
+    OmegaConf.set_struct(merged, True)
+    return merged  # type: ignore[return-value]
 
 
 def _required(cfg: DictConfig, key: str, example: str) -> str:
@@ -298,6 +300,12 @@ def predict(cfg: DictConfig | Mapping[str, Any] | None = None, /, **options: Any
         >>> summary.rows  # doctest: +SKIP
         120
     """
+    # imported here: `tl-predict --help` and option errors answer without loading torch models
+    from tl_lightning.callbacks.prediction_writer import PredictionCSVWriter, check_output_path, write_csv_atomically
+    from tl_lightning.cli._preflight import check_accelerator, check_target_arguments
+    from tl_lightning.modules._checkpoint import read_checkpoint
+    from tl_lightning.modules.classifier import CHECKPOINT_KEY, TransferClassifier
+
     start = time.perf_counter()
     cfg = _with_options(cfg, options)
     ckpt_path = _required(cfg, "ckpt_path", "ckpt_path=<run>/checkpoints/last.ckpt input=<file or folder>")
@@ -305,48 +313,38 @@ def predict(cfg: DictConfig | Mapping[str, Any] | None = None, /, **options: Any
     output = Path(str(cfg.output)).expanduser()
     overwrite = bool(cfg.overwrite)
 
-    # everything that can be checked without the model is checked before it is loaded
+    # everything that can be checked without the model is checked before it is loaded. Library
+    # errors propagate as they are (they name the file or option); config_step("trainer") labels
+    # Lightning's own errors about trainer arguments
     _check_options(cfg)
     if not source.exists():
         raise DataError(
             f"input {str(source)!r} does not exist. Fix: pass input=<csv/tsv/jsonl file or image folder> "
             f"(relative paths start at {Path.cwd()})"
         )
-    from tl_lightning.callbacks.prediction_writer import check_output_path
-
     protected = [("input", source), ("checkpoint", Path(ckpt_path))]
     check_output_path(output, overwrite=overwrite, protected=protected)
     if cfg.on_bad_image == "skip":
         check_output_path(skipped_path(output), overwrite=overwrite, protected=protected)
-    from tl_lightning.cli._preflight import check_accelerator, check_target_arguments
-
     with config_step("trainer"):
         check_accelerator(cfg.trainer)
         check_target_arguments(cfg.trainer, "trainer")
 
-    from tl_lightning.modules._checkpoint import read_checkpoint
-    from tl_lightning.modules.classifier import CHECKPOINT_KEY, TransferClassifier
-
-    with config_step("ckpt_path"):
-        saved = read_checkpoint(ckpt_path).get(CHECKPOINT_KEY) or {}
+    saved = read_checkpoint(ckpt_path).get(CHECKPOINT_KEY) or {}
     # a checkpoint moved out of its run folder predicts the same: only what it holds is used
     modality = saved.get("modality")
     if modality in ("text", "image"):
         _check_input(source, modality, ckpt_path)
         _check_modality_options(cfg, modality)
-    with config_step("ckpt_path"):
-        model = TransferClassifier.load_from_checkpoint(ckpt_path, map_location="cpu")
+    model = TransferClassifier.load_from_checkpoint(ckpt_path, map_location="cpu")
     modality = model.preprocess.modality
     _check_input(source, modality, ckpt_path)
     _check_modality_options(cfg, modality)
 
-    with config_step("input"):
-        dm, settings = _datamodule(cfg, model, source, trained_preprocess=bool(saved.get("preprocess")))
-        dm.setup("predict")  # here, not in the workers: a bad column or file fails in this process
+    dm, settings = _datamodule(cfg, model, source, trained_preprocess=bool(saved.get("preprocess")))
+    dm.setup("predict")  # here, not in the workers: a bad column or file fails in this process
     ids = list(dm.predict_ids)
     skipped = _skipped(dm, source, int(model.preprocess.input_size[0])) if modality == "image" else []
-
-    from tl_lightning.callbacks.prediction_writer import PredictionCSVWriter
 
     writer = PredictionCSVWriter(
         output,
@@ -358,8 +356,7 @@ def predict(cfg: DictConfig | Mapping[str, Any] | None = None, /, **options: Any
     )
     with config_step("trainer"):
         trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[writer])
-    with config_step("input"):
-        trainer.predict(model, datamodule=dm, return_predictions=False)
+    trainer.predict(model, datamodule=dm, return_predictions=False)
 
     devices = f"{trainer.world_size} x {trainer.strategy.root_device.type}, precision {trainer.precision}"
     summary = PredictionSummary(
@@ -373,8 +370,6 @@ def predict(cfg: DictConfig | Mapping[str, Any] | None = None, /, **options: Any
         raise DataError(f"{str(output)!r} has {summary.rows} rows but {len(ids)} inputs were predicted")
     stale = skipped_path(output)
     if skipped:
-        from tl_lightning.callbacks.prediction_writer import write_csv_atomically
-
         summary.skipped_file = write_csv_atomically(stale, ["id", "reason"], skipped, overwrite=overwrite)
         for name, reason in skipped:
             print(f"tl-predict: skipped unreadable image {name}: {reason}", file=sys.stderr)
@@ -416,10 +411,32 @@ def _task(cfg: DictConfig) -> None:
         raise SystemExit(1) from None
 
 
+_OVERRIDE = re.compile(r"^([A-Za-z_]\w*)(?:\.[\w.]+)?=")
+
+
+def _check_arguments(argv: Sequence[str]) -> None:
+    """A misspelt option is one line naming the closest ones, not Hydra's "not in struct" report."""
+    config = OmegaConf.load(config_dir() / "predict.yaml")
+    known = [str(k) for k in config.keys() if k not in ("defaults", "hydra")]
+    for arg in argv:
+        match = _OVERRIDE.match(arg)  # plain `key=value` (not +key, ~key, --flags or hydra.*)
+        if match is None or match.group(1) in (*known, "hydra"):
+            continue
+        key = match.group(1)
+        raise ConfigurationError(
+            f"unknown option {key!r}{did_you_mean(key, known)} Options: {', '.join(known)} (tl-predict --help)"
+        )
+
+
 def main() -> None:
     """Console entry point of ``tl-predict`` (Hydra parses ``sys.argv``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     prepare_omegaconf()
+    try:
+        _check_arguments(sys.argv[1:])
+    except ConfigurationError as err:
+        print(f"tl-predict: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")(_task)
     app()
 
