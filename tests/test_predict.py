@@ -31,8 +31,14 @@ def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyP
 def _trainer(**kwargs: Any) -> Any:
     import lightning as L
 
-    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, **kwargs)
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
@@ -51,16 +57,30 @@ def _probs(rows: list[dict[str, str]], labels: list[str]) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def text_run(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TransferClassifier]:
+def text_run(
+    tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, TransferClassifier]:
     """A tiny BERT trained with max_length=8 on a 'review' column; its checkpoint moved out of the run folder."""
     from tl_lightning.data import TextClassificationDataModule
 
     root = tmp_path_factory.mktemp("text_run")
-    train = _write_csv(root / "train.csv", ["review", "label"],
-                       [[t, lab] for t, lab in [("a good movie", "pos"), ("an awful film", "neg"), ("great fun", "pos"),
-                                                ("boring plot", "neg")] * 2])
-    dm = TextClassificationDataModule(path=str(train), text_column="review", max_length=8, batch_size=4,
-                                      val_fraction=0.0, test_fraction=0.0)
+    train = _write_csv(
+        root / "train.csv",
+        ["review", "label"],
+        [
+            [t, lab]
+            for t, lab in [
+                ("a good movie", "pos"),
+                ("an awful film", "neg"),
+                ("great fun", "pos"),
+                ("boring plot", "neg"),
+            ]
+            * 2
+        ],
+    )
+    dm = TextClassificationDataModule(
+        path=str(train), text_column="review", max_length=8, batch_size=4, val_fraction=0.0, test_fraction=0.0
+    )
     model = TransferClassifier(f"hf:{tiny_bert_dir}", labels=dm.labels, backbone_kwargs={"pooling": "mean"})
     dm.set_preprocess(model.backbone.preprocess)
     trainer = _trainer(max_epochs=1)
@@ -88,10 +108,17 @@ def test_text_predictions_use_the_checkpoint_settings_wherever_it_lies(
     in_run, model = text_run
     moved = in_run.parent.parent.parent / "elsewhere" / "model.ckpt"
     assert model.preprocess.max_length == 8 and model.data_settings["text_column"] == "review"
-    table = _write_csv(tmp_path / "new.csv", ["review_id", "review"], [[f"r{i}", t] for i, t in enumerate(TEXTS)])
+    table = _write_csv(
+        tmp_path / "new.csv", ["review_id", "review"], [[f"r{i}", t] for i, t in enumerate(TEXTS)]
+    )
 
-    s1 = predict(ckpt_path=str(moved), input=str(table), output=str(tmp_path / "a.csv"), id_column="review_id",
-                 batch_size=3)
+    s1 = predict(
+        ckpt_path=str(moved),
+        input=str(table),
+        output=str(tmp_path / "a.csv"),
+        id_column="review_id",
+        batch_size=3,
+    )
     s2 = predict(ckpt_path=str(in_run), input=str(table), output=str(tmp_path / "b.csv"), batch_size=3)
     a, b = _rows(tmp_path / "a.csv"), _rows(tmp_path / "b.csv")
     assert [r["id"] for r in a] == [f"r{i}" for i in range(len(TEXTS))]
@@ -104,18 +131,32 @@ def test_text_predictions_use_the_checkpoint_settings_wherever_it_lies(
     assert (_model_probs(model, [LONG], 128) - expected[0]).abs().max() > 1e-4
     # NA / None / null are texts (not the empty text); every row has a label
     assert (expected[2] - expected[5]).abs().max() > 1e-5 and len({r["label"] for r in a} - set(labels)) == 0
-    assert s1.settings["max_length"] == (8, "checkpoint") and s1.settings["text_column"] == ("review", "checkpoint")
+    assert s1.settings["max_length"] == (8, "checkpoint") and s1.settings["text_column"] == (
+        "review",
+        "checkpoint",
+    )
     assert s2.rows == s2.inputs == len(TEXTS) and sum(s2.label_counts.values()) == len(TEXTS)
 
     # explicit options override the stored settings
     body = _write_csv(tmp_path / "body.csv", ["body"], [[t] for t in TEXTS])
-    s3 = predict(ckpt_path=str(moved), input=str(body), output=str(tmp_path / "c.csv"), text_column="body", max_length=4)
-    torch.testing.assert_close(_probs(_rows(tmp_path / "c.csv"), labels), _model_probs(model, TEXTS, 4), atol=1e-5, rtol=0)
+    s3 = predict(
+        ckpt_path=str(moved),
+        input=str(body),
+        output=str(tmp_path / "c.csv"),
+        text_column="body",
+        max_length=4,
+    )
+    torch.testing.assert_close(
+        _probs(_rows(tmp_path / "c.csv"), labels), _model_probs(model, TEXTS, 4), atol=1e-5, rtol=0
+    )
     assert s3.settings["max_length"] == (4, "option") and s3.settings["text_column"] == ("body", "option")
 
 
 def test_text_errors_name_the_columns_and_the_kind_of_input(
-    text_run: tuple[Path, TransferClassifier], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    text_run: tuple[Path, TransferClassifier],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     ckpt = text_run[0]
     table = _write_csv(tmp_path / "in.csv", ["body", "id"], [["fine", "1"]])
@@ -123,8 +164,20 @@ def test_text_errors_name_the_columns_and_the_kind_of_input(
     assert "['review'] not in" in err and "['body', 'id']" in err
     err = run_cli([f"ckpt_path={ckpt}", f"input={tmp_path}", "output=p.csv"], tmp_path, monkeypatch, capsys)
     assert "is a text model but input" in err and "is a folder" in err
-    err = run_cli([f"ckpt_path={ckpt}", f"input={table}", "output=p.csv", "image_size=32"], tmp_path, monkeypatch, capsys)
+    err = run_cli(
+        [f"ckpt_path={ckpt}", f"input={table}", "output=p.csv", "image_size=32"],
+        tmp_path,
+        monkeypatch,
+        capsys,
+    )
     assert "['image_size'] apply to image models" in err
+    err = run_cli(
+        [f"ckpt_path={ckpt}", f"input={table}", "output=p.csv", "max_length=1000"],
+        tmp_path,
+        monkeypatch,
+        capsys,
+    )
+    assert "max_length=1000 is more than the 128 tokens the model supports" in err
     assert not (tmp_path / "p.csv").exists()
 
 
@@ -140,8 +193,14 @@ def image_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TransferC
         (root / "train" / label).mkdir(parents=True)
         for i in range(2):
             Image.new("RGB", (32, 32), colour).save(root / "train" / label / f"{i}.png")
-    dm = ImageFolderDataModule(root=str(root / "train"), image_size=32, batch_size=6, val_fraction=0.0,
-                               test_fraction=0.0, augment=False)
+    dm = ImageFolderDataModule(
+        root=str(root / "train"),
+        image_size=32,
+        batch_size=6,
+        val_fraction=0.0,
+        test_fraction=0.0,
+        augment=False,
+    )
     model = TransferClassifier("timm:test_resnet", labels=dm.labels, pretrained=False)
     dm.set_preprocess(model.backbone.preprocess)
     trainer = _trainer(max_epochs=1)
@@ -200,22 +259,30 @@ def test_ddp_sim_writes_the_single_process_rows_in_input_order(
 
 
 def test_unreadable_images_are_skipped_and_reported_or_named(
-    image_run: tuple[Path, TransferClassifier, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture
+    image_run: tuple[Path, TransferClassifier, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
 ) -> None:
-    ckpt, model, new = image_run
+    ckpt, _model, new = image_run
     folder = tmp_path / "imgs"
     shutil.copytree(new, folder)
     (folder / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     out = tmp_path / "p.csv"
     out.write_text("old predictions\n")
     # default on_bad_image=error: the file is named, and the old output is left as it was
-    err = run_cli([f"ckpt_path={ckpt}", f"input={folder}", f"output={out}", "overwrite=true"], tmp_path, monkeypatch,
-                  capsys)
+    err = run_cli(
+        [f"ckpt_path={ckpt}", f"input={folder}", f"output={out}", "overwrite=true"],
+        tmp_path,
+        monkeypatch,
+        capsys,
+    )
     assert "broken.png" in err and "on_bad_image='skip'" in err
     assert out.read_text() == "old predictions\n" and [p.name for p in tmp_path.glob(".p.csv*")] == []
 
-    summary = predict(ckpt_path=str(ckpt), input=str(folder), output=str(out), overwrite=True, on_bad_image="skip")
+    summary = predict(
+        ckpt_path=str(ckpt), input=str(folder), output=str(out), overwrite=True, on_bad_image="skip"
+    )
     captured = capsys.readouterr()
     rows = _rows(out)
     assert [r["id"] for r in rows] == [f"{i}.png" for i in range(6)] + ["sub/x.jpg"]
@@ -236,7 +303,9 @@ def test_unreadable_images_are_skipped_and_reported_or_named(
 def test_multilabel_labels_above_threshold_and_trainer_options(tmp_path: Path) -> None:
     from PIL import Image
 
-    model = TransferClassifier("timm:test_resnet", labels=["a", "b", "c"], task="multilabel", pretrained=False)
+    model = TransferClassifier(
+        "timm:test_resnet", labels=["a", "b", "c"], task="multilabel", pretrained=False
+    )
     model.set_preprocess(model.backbone.preprocess.with_size(32))
     trainer = _trainer()
     trainer.strategy.connect(model)
@@ -244,19 +313,29 @@ def test_multilabel_labels_above_threshold_and_trainer_options(tmp_path: Path) -
     (tmp_path / "in").mkdir()
     for i in range(3):
         Image.new("RGB", (32, 32), (90 * i, 20, 20)).save(tmp_path / "in" / f"{i}.png")
-    base = dict(ckpt_path=str(tmp_path / "m.ckpt"), input=str(tmp_path / "in"))
+    base = {"ckpt_path": str(tmp_path / "m.ckpt"), "input": str(tmp_path / "in")}
     predict(**base, output=str(tmp_path / "all.csv"), threshold=0.0)
     predict(**base, output=str(tmp_path / "none.csv"), threshold=1.0)
     rows = _rows(tmp_path / "all.csv")
-    assert {r["label"] for r in rows} == {"a|b|c"} and {r["label"] for r in _rows(tmp_path / "none.csv")} == {""}
+    assert {r["label"] for r in rows} == {"a|b|c"} and {r["label"] for r in _rows(tmp_path / "none.csv")} == {
+        ""
+    }
     probs = _probs(rows, ["a", "b", "c"])
     middle = float(probs[0].median())
     predict(**base, output=str(tmp_path / "mid.csv"), threshold=middle)
     expected = "|".join(c for c, p in zip("abc", probs[0].tolist()) if p > middle)
     assert _rows(tmp_path / "mid.csv")[0]["label"] == expected and expected.count("|") == 0
     # the trainer group works as in tl-train: precision reaches Trainer.predict
-    summary = predict(compose_predict_config([f"ckpt_path={base['ckpt_path']}", f"input={base['input']}",
-                                              f"output={tmp_path / 'bf16.csv'}", "trainer.precision=bf16-mixed"]))
+    summary = predict(
+        compose_predict_config(
+            [
+                f"ckpt_path={base['ckpt_path']}",
+                f"input={base['input']}",
+                f"output={tmp_path / 'bf16.csv'}",
+                "trainer.precision=bf16-mixed",
+            ]
+        )
+    )
     assert summary.devices.endswith("bf16-mixed")
     assert (_probs(_rows(tmp_path / "bf16.csv"), ["a", "b", "c"]) - probs).abs().max() < 0.05
     # a run that leaves inputs out writes nothing
@@ -265,8 +344,38 @@ def test_multilabel_labels_above_threshold_and_trainer_options(tmp_path: Path) -
     assert not (tmp_path / "part.csv").exists()
 
 
-def run_cli(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
-            expect: int = 1) -> str:
+def test_nonfinite_probabilities_are_written_and_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from PIL import Image
+
+    model = TransferClassifier("timm:test_resnet", labels=["a", "b"], pretrained=False)
+    with torch.no_grad():
+        for param in model.head.parameters():
+            param.fill_(float("nan"))
+    trainer = _trainer()
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(tmp_path / "in" / "0.png")
+    summary = predict(
+        ckpt_path=str(tmp_path / "m.ckpt"),
+        input=str(tmp_path / "in"),
+        output=str(tmp_path / "p.csv"),
+        image_size=32,
+    )
+    row = _rows(tmp_path / "p.csv")[0]
+    assert (row["label"], row["prob_a"], row["prob_b"]) == ("", "nan", "nan")
+    assert summary.nonfinite_rows == 1 and "1 row(s) have NaN / inf probabilities" in capsys.readouterr().out
+
+
+def run_cli(
+    args: list[str],
+    cwd: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    expect: int = 1,
+) -> str:
     """Run ``tl-predict`` in-process (Hydra parses argv) in ``cwd``; return its stderr (stdout for --help)."""
     capsys.readouterr()
     monkeypatch.chdir(cwd)
@@ -310,11 +419,15 @@ def test_output_is_checked_before_anything_is_loaded(
     (tmp_path / "sub").mkdir()
     for output, message in cases.items():
         # a garbage checkpoint: the output error comes first, so nothing was loaded
-        err = run_cli([f"ckpt_path={garbage_ckpt}", "input=in.csv", f"output={output}"], tmp_path, monkeypatch, capsys)
+        err = run_cli(
+            [f"ckpt_path={garbage_ckpt}", "input=in.csv", f"output={output}"], tmp_path, monkeypatch, capsys
+        )
         assert message in err, (output, err)
     assert (tmp_path / "old.csv").read_text() == "keep me\n" and table.read_text() == "text\na\n"
     # with a writable output, the checkpoint is what fails
-    err = run_cli([f"ckpt_path={garbage_ckpt}", "input=in.csv", "output=new.csv"], tmp_path, monkeypatch, capsys)
+    err = run_cli(
+        [f"ckpt_path={garbage_ckpt}", "input=in.csv", "output=new.csv"], tmp_path, monkeypatch, capsys
+    )
     assert "not a readable checkpoint" in err and "garbage.ckpt" in err
 
 
@@ -352,8 +465,11 @@ def test_atomic_write_leaves_nothing_half_written(tmp_path: Path) -> None:
 
 
 def test_one_line_errors(
-    image_run: tuple[Path, TransferClassifier, Path], tmp_path: Path, garbage_ckpt: Path,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    image_run: tuple[Path, TransferClassifier, Path],
+    tmp_path: Path,
+    garbage_ckpt: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     ckpt, _, new = image_run
     table = _write_csv(tmp_path / "in.csv", ["text"], [["a"]])
@@ -364,13 +480,30 @@ def test_one_line_errors(
         ([f"ckpt_path={ckpt}", f"input={tmp_path / 'gone'}"], ["input", "gone", "does not exist"]),
         ([f"ckpt_path={ckpt}", f"input={table}"], ["is an image model but input", "is a file"]),
         ([f"ckpt_path={ckpt}", f"input={new}", "text_column=body"], ["['text_column'] apply to text models"]),
-        ([f"ckpt_path={ckpt}", f"input={new}", "threshold=1.5"], ["threshold must be a finite number in [0, 1]", "1.5"]),
-        ([f"ckpt_path={ckpt}", f"input={new}", "batch_size=0"], ["batch_size must be an integer >= 1, got 0"]),
-        ([f"ckpt_path={ckpt}", f"input={new}", "on_bad_image=ignore"], ["on_bad_image must be one of", "'skip'"]),
-        ([f"ckpt_path={ckpt}", f"input={new}", "treshold=0.3"], ["unknown option 'treshold'", "did you mean 'threshold'"]),
+        (
+            [f"ckpt_path={ckpt}", f"input={new}", "threshold=1.5"],
+            ["threshold must be a finite number in [0, 1]", "1.5"],
+        ),
+        (
+            [f"ckpt_path={ckpt}", f"input={new}", "batch_size=0"],
+            ["batch_size must be an integer >= 1, got 0"],
+        ),
+        (
+            [f"ckpt_path={ckpt}", f"input={new}", "on_bad_image=ignore"],
+            ["on_bad_image must be one of", "'skip'"],
+        ),
+        (
+            [f"ckpt_path={ckpt}", f"input={new}", "treshold=0.3"],
+            ["unknown option 'treshold'", "did you mean 'threshold'"],
+        ),
     ]
     if not torch.cuda.is_available():
-        cases += [([f"ckpt_path={ckpt}", f"input={new}", "trainer=gpu"], ["trainer.accelerator='gpu'", "no CUDA GPU"])]
+        cases += [
+            (
+                [f"ckpt_path={ckpt}", f"input={new}", "trainer=gpu"],
+                ["trainer.accelerator='gpu'", "no CUDA GPU"],
+            )
+        ]
     for args, fragments in cases:
         err = run_cli([*args, "output=p.csv"], tmp_path, monkeypatch, capsys)
         for fragment in fragments:
@@ -383,18 +516,37 @@ def test_one_line_errors(
 
 
 def test_cli_help_and_a_run_leave_the_working_folder_clean(
-    image_run: tuple[Path, TransferClassifier, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture
+    image_run: tuple[Path, TransferClassifier, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     ckpt, _, new = image_run
     text = run_cli(["--help"], tmp_path, monkeypatch, capsys, expect=0)
-    for option in ("ckpt_path", "input", "output", "overwrite", "threshold", "batch_size", "text_column",
-                   "max_length", "image_size", "on_bad_image", "trainer=gpu", "ddp"):
+    for option in (
+        "ckpt_path",
+        "input",
+        "output",
+        "overwrite",
+        "threshold",
+        "batch_size",
+        "text_column",
+        "max_length",
+        "image_size",
+        "on_bad_image",
+        "trainer=gpu",
+        "ddp",
+    ):
         assert option in text
     work = tmp_path / "work"
     work.mkdir()
-    out = run_cli([f"ckpt_path={ckpt}", f"input={new}", "output=preds.csv", "trainer.enable_progress_bar=false"],
-                  work, monkeypatch, capsys, expect=0)
+    out = run_cli(
+        [f"ckpt_path={ckpt}", f"input={new}", "output=preds.csv", "trainer.enable_progress_bar=false"],
+        work,
+        monkeypatch,
+        capsys,
+        expect=0,
+    )
     assert "wrote preds.csv: 7 predictions" in out and "image_size=32 (checkpoint)" in out
     # Hydra wrote no run folder, .hydra/ or log file: only the predictions
     assert sorted(p.name for p in work.iterdir()) == ["preds.csv"]

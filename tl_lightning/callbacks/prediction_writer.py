@@ -30,7 +30,7 @@ from typing_extensions import override
 from tl_lightning._checks import check_number
 from tl_lightning.errors import ConfigurationError, DataError
 
-__all__ = ["PredictionCSVWriter", "check_output_path", "write_csv_atomically", "format_probability"]
+__all__ = ["PredictionCSVWriter", "check_output_path", "format_probability", "write_csv_atomically"]
 
 
 def check_output_path(
@@ -62,7 +62,9 @@ def check_output_path(
     """
     path = Path(output).expanduser()
     if path.suffix.lower() != suffix:
-        raise ConfigurationError(f"output {str(output)!r} must be a {suffix} file; pass output={path.stem or 'predictions'}{suffix}")
+        raise ConfigurationError(
+            f"output {str(output)!r} must be a {suffix} file; pass output={path.stem or 'predictions'}{suffix}"
+        )
     resolved = path.resolve()
     for name, other in protected:
         other_path = Path(other).expanduser()
@@ -108,7 +110,11 @@ def _file_mode() -> int:
 
 
 def write_csv_atomically(
-    path: str | os.PathLike[str], header: Sequence[str], rows: Iterable[Sequence[Any]], *, overwrite: bool = False
+    path: str | os.PathLike[str],
+    header: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Write a CSV through a temporary file in the same folder, renamed into place when complete.
 
@@ -131,7 +137,9 @@ def write_csv_atomically(
             os.fsync(handle.fileno())
         os.chmod(tmp, _file_mode())  # mkstemp makes 0600 files; give the user's usual permissions
         if target.exists() and not overwrite:
-            raise ConfigurationError(f"output {str(path)!r} appeared while predicting; pass overwrite=true to replace it")
+            raise ConfigurationError(
+                f"output {str(path)!r} appeared while predicting; pass overwrite=true to replace it"
+            )
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -228,9 +236,10 @@ class PredictionCSVWriter(BasePredictionWriter):
         local_indices = [int(i) for batch in batch_indices[0] for i in batch]
         for batch in predictions:
             if not isinstance(batch, torch.Tensor) or batch.ndim != 2:
+                shape = f" of shape {tuple(batch.shape)}" if isinstance(batch, torch.Tensor) else ""
                 raise ConfigurationError(
-                    "predict_step must return a (batch, num_classes) tensor of probabilities for PredictionCSVWriter, "
-                    f"got {type(batch).__name__}{'' if not isinstance(batch, torch.Tensor) else f' of shape {tuple(batch.shape)}'}"
+                    "predict_step must return a (batch, num_classes) tensor of probabilities for "
+                    f"PredictionCSVWriter, got {type(batch).__name__}{shape}"
                 )
         local_probs = torch.cat([p.detach().float().cpu() for p in predictions]) if predictions else None
         indices, probs = self._gather(trainer, pl_module, local_indices, local_probs)
@@ -242,7 +251,11 @@ class PredictionCSVWriter(BasePredictionWriter):
             return
         labels = self._labels(pl_module, probs.shape[1])
         ids = self._ids(trainer, total)
-        multilabel = self.multilabel if self.multilabel is not None else getattr(pl_module, "task", None) == "multilabel"
+        multilabel = (
+            self.multilabel
+            if self.multilabel is not None
+            else getattr(pl_module, "task", None) == "multilabel"
+        )
         header = ["id", "label", *(f"prob_{label}" for label in labels)]
         rows = (
             [row_id, self._predicted(row, labels, multilabel), *(format_probability(p) for p in row)]
@@ -259,7 +272,11 @@ class PredictionCSVWriter(BasePredictionWriter):
         return labels[max(range(len(row)), key=row.__getitem__)]
 
     def _gather(
-        self, trainer: Trainer, pl_module: LightningModule, local_indices: list[int], local_probs: torch.Tensor | None
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        local_indices: list[int],
+        local_probs: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n_local = len(local_indices)
         width = int(local_probs.shape[1]) if local_probs is not None and n_local else 0
@@ -290,7 +307,11 @@ class PredictionCSVWriter(BasePredictionWriter):
 
     @staticmethod
     def _check_complete(indices: torch.Tensor, total: int) -> None:
-        counts = torch.bincount(indices[(indices >= 0) & (indices < total)], minlength=total) if total else torch.zeros(0)
+        counts = (
+            torch.bincount(indices[(indices >= 0) & (indices < total)], minlength=total)
+            if total
+            else torch.zeros(0)
+        )
         missing = (counts == 0).nonzero().flatten().tolist()
         repeated = (counts > 1).nonzero().flatten().tolist()
         outside = indices[(indices < 0) | (indices >= total)].tolist()
@@ -305,7 +326,9 @@ class PredictionCSVWriter(BasePredictionWriter):
         labels = self.labels if self.labels is not None else getattr(pl_module, "labels", None)
         labels = [str(i) for i in range(width)] if labels is None else [str(label) for label in labels]
         if len(labels) != width:
-            raise ConfigurationError(f"predict_step returned {width} probabilities per input but there are {len(labels)} labels {labels}")
+            raise ConfigurationError(
+                f"predict_step returned {width} probabilities per input but there are {len(labels)} labels {labels}"
+            )
         return labels
 
     def _ids(self, trainer: Trainer, total: int) -> list[str]:

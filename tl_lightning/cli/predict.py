@@ -77,10 +77,15 @@ class PredictionSummary:
     def format(self) -> str:
         """The lines ``tl-predict`` prints: settings used, then what was written."""
         used = ", ".join(f"{k}={v!r} ({source})" for k, (v, source) in self.settings.items())
-        counts = ", ".join(f"{label or '(none)'} {n}" for label, n in sorted(self.label_counts.items(), key=lambda kv: -kv[1]))
+        counts = ", ".join(
+            f"{label or '(none)'} {n}"
+            for label, n in sorted(self.label_counts.items(), key=lambda kv: -kv[1])
+        )
         what = "rows" if self.modality == "text" else "images"
         lines = [f"read {self.inputs} {what} with {used}; predicted on {self.devices}"]
-        line = f"wrote {self.output}: {self.rows} predictions in {self.seconds:.1f}s (labels: {counts or '-'})"
+        line = (
+            f"wrote {self.output}: {self.rows} predictions in {self.seconds:.1f}s (labels: {counts or '-'})"
+        )
         if self.skipped:
             line += f"; skipped {len(self.skipped)} unreadable image(s), listed in {self.skipped_file}"
         lines.append(line)
@@ -129,7 +134,7 @@ def _with_options(cfg: DictConfig | Mapping[str, Any] | None, options: Mapping[s
     base = compose_predict_config() if cfg is None else cfg
     if not options:
         return base
-    known = [str(k) for k in base.keys()]
+    known = [str(k) for k in base]
     unknown = [k for k in options if k not in known]
     if unknown:
         raise ConfigurationError(
@@ -204,14 +209,19 @@ def _datamodule(
     checkpoints did not; the backbone's defaults are used then, and said so).
     """
     stored = dict(model.data_settings or {})
-    common = dict(batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), model_labels=list(model.labels))
+    common = {
+        "batch_size": int(cfg.batch_size),
+        "num_workers": int(cfg.num_workers),
+        "model_labels": list(model.labels),
+    }
     preprocess_source = "checkpoint" if trained_preprocess else "backbone default"
     if model.preprocess.modality == "text":
         from tl_lightning.data import TextClassificationDataModule
 
         settings = {
             "text_column": _setting(cfg.text_column, stored.get("text_column"), "text"),
-            "max_length": (cfg.max_length, "option") if cfg.max_length is not None
+            "max_length": (cfg.max_length, "option")
+            if cfg.max_length is not None
             else (int(model.preprocess.max_length), preprocess_source),
             "encoding": _setting(cfg.encoding, stored.get("encoding"), "utf-8"),
             "separator": _setting(cfg.separator, stored.get("separator"), None),
@@ -226,7 +236,10 @@ def _datamodule(
             separator=settings["separator"][0],
             **common,
         )
-        settings["id_column"] = (cfg.id_column, "option") if cfg.id_column is not None else ("row number", "default")
+        dm.set_preprocess(model.preprocess)  # refuses a max_length beyond the model's positions
+        settings["id_column"] = (
+            (cfg.id_column, "option") if cfg.id_column is not None else ("row number", "default")
+        )
     else:
         from tl_lightning.data import ImageFolderDataModule
 
@@ -236,10 +249,12 @@ def _datamodule(
         dm.set_preprocess(model.preprocess)
         h, w = dm.effective_preprocess().image_size
         settings = {
-            "image_size": (h if h == w else [h, w], "option" if cfg.image_size is not None else preprocess_source),
+            "image_size": (
+                h if h == w else [h, w],
+                "option" if cfg.image_size is not None else preprocess_source,
+            ),
             "on_bad_image": (str(cfg.on_bad_image), "option" if cfg.on_bad_image != "error" else "default"),
         }
-    dm.set_preprocess(model.preprocess)
     return dm, settings
 
 
@@ -301,7 +316,11 @@ def predict(cfg: DictConfig | Mapping[str, Any] | None = None, /, **options: Any
         120
     """
     # imported here: `tl-predict --help` and option errors answer without loading torch models
-    from tl_lightning.callbacks.prediction_writer import PredictionCSVWriter, check_output_path, write_csv_atomically
+    from tl_lightning.callbacks.prediction_writer import (
+        PredictionCSVWriter,
+        check_output_path,
+        write_csv_atomically,
+    )
     from tl_lightning.cli._preflight import check_accelerator, check_target_arguments
     from tl_lightning.modules._checkpoint import read_checkpoint
     from tl_lightning.modules.classifier import CHECKPOINT_KEY, TransferClassifier
@@ -309,7 +328,9 @@ def predict(cfg: DictConfig | Mapping[str, Any] | None = None, /, **options: Any
     start = time.perf_counter()
     cfg = _with_options(cfg, options)
     ckpt_path = _required(cfg, "ckpt_path", "ckpt_path=<run>/checkpoints/last.ckpt input=<file or folder>")
-    source = Path(_required(cfg, "input", f"ckpt_path={ckpt_path} input=<csv/tsv/jsonl file or image folder>")).expanduser()
+    source = Path(
+        _required(cfg, "input", f"ckpt_path={ckpt_path} input=<csv/tsv/jsonl file or image folder>")
+    ).expanduser()
     output = Path(str(cfg.output)).expanduser()
     overwrite = bool(cfg.overwrite)
 
@@ -360,8 +381,13 @@ def predict(cfg: DictConfig | Mapping[str, Any] | None = None, /, **options: Any
 
     devices = f"{trainer.world_size} x {trainer.strategy.root_device.type}, precision {trainer.precision}"
     summary = PredictionSummary(
-        output=output, rows=len(ids), inputs=len(ids) + len(skipped), modality=modality, settings=settings,
-        skipped=skipped, devices=devices,
+        output=output,
+        rows=len(ids),
+        inputs=len(ids) + len(skipped),
+        modality=modality,
+        settings=settings,
+        skipped=skipped,
+        devices=devices,
     )
     if not trainer.is_global_zero:
         return summary
@@ -416,8 +442,13 @@ _OVERRIDE = re.compile(r"^([A-Za-z_]\w*)(?:\.[\w.]+)?=")
 
 def _check_arguments(argv: Sequence[str]) -> None:
     """A misspelt option is one line naming the closest ones, not Hydra's "not in struct" report."""
+    if any(
+        arg.split("=")[0] in ("--config-name", "-cn", "--config-dir", "-cd", "--config-path", "-cp")
+        for arg in argv
+    ):
+        return  # another config may have other keys: Hydra checks them
     config = OmegaConf.load(config_dir() / "predict.yaml")
-    known = [str(k) for k in config.keys() if k not in ("defaults", "hydra")]
+    known = [str(k) for k in config if k not in ("defaults", "hydra")]
     for arg in argv:
         match = _OVERRIDE.match(arg)  # plain `key=value` (not +key, ~key, --flags or hydra.*)
         if match is None or match.group(1) in (*known, "hydra"):
