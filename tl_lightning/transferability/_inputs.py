@@ -25,7 +25,9 @@ def _to_numpy(value: Any, name: str) -> np.ndarray:
     try:
         return np.asarray(value)
     except (TypeError, ValueError) as err:  # ragged lists
-        raise DataError(f"{name} could not be read as an array ({err}); pass a numpy array or a torch tensor") from err
+        raise DataError(
+            f"{name} could not be read as an array ({err}); pass a numpy array or a torch tensor"
+        ) from err
 
 
 def as_features(value: Any, name: str = "features", *, min_rows: int = 2) -> np.ndarray:
@@ -66,7 +68,9 @@ def as_labels(
             "pass class indices, not one-hot rows"
         )
     if len(array) != n:
-        raise DataError(f"{name} has {len(array)} entries but {against} has {n} rows; they must match, one per sample")
+        raise DataError(
+            f"{name} has {len(array)} entries but {against} has {n} rows; they must match, one per sample"
+        )
     if array.dtype.kind == "f":
         if not np.isfinite(array).all() or not np.all(array == np.round(array)):
             raise DataError(f"{name} must be class labels (integers or strings), got non-integer floats")
@@ -84,7 +88,9 @@ def as_probabilities(value: Any, name: str = "source_probs", *, atol: float = 1e
     """``value`` as an ``(n, Z)`` float64 matrix of probability rows (non-negative, summing to 1)."""
     probs = as_features(value, name, min_rows=1)
     if probs.shape[1] < 2:
-        raise DataError(f"{name} has {probs.shape[1]} source class; need the source classifier's >= 2 outputs")
+        raise DataError(
+            f"{name} has {probs.shape[1]} source class; need the source classifier's >= 2 outputs"
+        )
     sums = probs.sum(axis=1)
     worst = int(np.argmax(np.abs(sums - 1.0)))
     if probs.min() < 0 or abs(sums[worst] - 1.0) > atol:

@@ -67,7 +67,7 @@ def ranking_plot(ranking: Ranking, path: Path) -> Path:
         from matplotlib.figure import Figure
     except ImportError as err:
         raise ConfigurationError(
-            "Ranking.plot needs matplotlib; install it (pip install matplotlib) or use to_markdown()/to_json()"
+            "Ranking.plot needs matplotlib; pip install matplotlib, or use to_markdown() / to_json()"
         ) from err
     from tl_lightning.transferability.ranking import SCORE_LABELS
 
@@ -77,16 +77,23 @@ def ranking_plot(ranking: Ranking, path: Path) -> Path:
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, k, sharey=True, squeeze=False)[0]
     positions = list(range(len(names)))[::-1]  # rank 1 on top
-    for ax, score in zip(axes, ranking.scores):
+    for ax, score in zip(axes, ranking.scores, strict=True):
         values = [row.scores[score] for row in ranking.rows]
-        shown = [(p, v) for p, v in zip(positions, values) if v is not None]
+        shown = [(p, v) for p, v in zip(positions, values, strict=True) if v is not None]
         colors = ["tab:orange" if score == ranking.primary else "tab:blue"] * len(shown)
         if shown:
             ax.barh([p for p, _ in shown], [v for _, v in shown], color=colors)
             for p, v in shown:
-                ax.annotate(f"{v:.3g}", (v, p), xytext=(3 if v >= 0 else -3, 0), textcoords="offset points",
-                            ha="left" if v >= 0 else "right", va="center", fontsize=8)
-        for p, v in zip(positions, values):
+                ax.annotate(
+                    f"{v:.3g}",
+                    (v, p),
+                    xytext=(3 if v >= 0 else -3, 0),
+                    textcoords="offset points",
+                    ha="left" if v >= 0 else "right",
+                    va="center",
+                    fontsize=8,
+                )
+        for p, v in zip(positions, values, strict=True):
             if v is None:
                 ax.annotate("n/a", (0, p), ha="center", va="center", fontsize=8, color="gray")
         ax.axvline(0, color="black", linewidth=0.6)

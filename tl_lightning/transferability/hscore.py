@@ -46,10 +46,12 @@ __all__ = ["h_score", "ledoit_wolf_shrinkage", "check_shrinkage"]
 
 
 def check_shrinkage(shrinkage: Any, name: str = "shrinkage") -> str | float | None:
-    """``shrinkage`` if it is ``"ledoit-wolf"``, ``None`` or a number in ``[0, 1)``, else a ConfigurationError."""
+    """``shrinkage`` if ``"ledoit-wolf"``, ``None`` or a number in ``[0, 1)``, else a ConfigurationError."""
     if isinstance(shrinkage, str):
         if shrinkage != "ledoit-wolf":
-            raise ConfigurationError(f"{name} must be 'ledoit-wolf', a number in [0, 1) or None, got {shrinkage!r}")
+            raise ConfigurationError(
+                f"{name} must be 'ledoit-wolf', a number in [0, 1) or None, got {shrinkage!r}"
+            )
         return shrinkage
     if shrinkage is None:
         return None
@@ -137,11 +139,12 @@ def h_score(
         kept = eigvals > rcond * top
         return float((between[kept] / eigvals[kept]).sum())
     a = ledoit_wolf_shrinkage(x) if shrinkage == "ledoit-wolf" else float(shrinkage)
+    rank = int((eigvals > top * 1e-12).sum())  # the n x n route keeps only these
+    if a == 0 and rank < d:
+        raise DataError(
+            f"the feature covariance is singular (rank {rank} < {d} dims, from {n} samples) and "
+            "shrinkage=0 does not regularise it; use shrinkage='ledoit-wolf' or None"
+        )
     mu = float((x**2).sum()) / (n * d)
     shrunk = (1 - a) * eigvals + a * mu
-    if shrunk.min() <= top * 1e-13:
-        raise DataError(
-            f"the feature covariance is singular (rank {int((eigvals > top * 1e-12).sum())} < {d} dims) "
-            f"and shrinkage={a:g} does not regularise it; use shrinkage='ledoit-wolf' or None"
-        )
     return float((1 - a) * (between / shrunk).sum())

@@ -29,7 +29,9 @@ def kendall_tau_b(a: np.ndarray, b: np.ndarray) -> float:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
-        raise DataError(f"kendall_tau_b needs two 1-D sequences of the same length >= 2, got {a.shape} and {b.shape}")
+        raise DataError(
+            f"kendall_tau_b needs two 1-D sequences of the same length >= 2, got {a.shape} and {b.shape}"
+        )
     i, j = np.triu_indices(len(a), k=1)
     da = np.sign(a[i] - a[j])
     db = np.sign(b[i] - b[j])
@@ -40,7 +42,9 @@ def kendall_tau_b(a: np.ndarray, b: np.ndarray) -> float:
     return float((da * db).sum() / denominator)
 
 
-def kendall_tau(ranking: Ranking, reference_scores: Mapping[str, float], *, score: str | None = None) -> float:
+def kendall_tau(
+    ranking: Ranking, reference_scores: Mapping[str, float], *, score: str | None = None
+) -> float:
     """Kendall's tau-b between a ranking's score and reference values (e.g. fine-tuned accuracies).
 
     Args:
@@ -60,17 +64,23 @@ def kendall_tau(ranking: Ranking, reference_scores: Mapping[str, float], *, scor
     """
     score = check_choice("score", ranking.primary if score is None else score, ranking.scores)
     if not isinstance(reference_scores, Mapping):
-        raise DataError(f"reference_scores must map candidate names to values, got {type(reference_scores).__name__}")
+        raise DataError(
+            f"reference_scores must map candidate names to values, got {type(reference_scores).__name__}"
+        )
     unknown = [name for name in reference_scores if name not in ranking.names()]
     if unknown:
-        raise DataError(f"reference_scores name candidates not in the ranking: {unknown}; ranked: {ranking.names()}")
+        raise DataError(
+            f"reference_scores name candidates not in the ranking: {unknown}; ranked: {ranking.names()}"
+        )
     if len(reference_scores) < 2:
         raise DataError(f"Kendall's tau needs at least 2 candidates, got {len(reference_scores)}")
     ours, theirs = [], []
     for name, value in reference_scores.items():
         mine = ranking[name].scores[score]
         if mine is None:
-            raise DataError(f"candidate {name!r} has no {score} score (no source classifier); compare another score")
+            raise DataError(
+                f"candidate {name!r} has no {score} score (no source classifier); compare another score"
+            )
         ours.append(mine)
         theirs.append(check_number(f"reference_scores[{name!r}]", value))
     return kendall_tau_b(np.array(ours), np.array(theirs))

@@ -57,5 +57,10 @@ def leep(source_probs: Any, labels: Any) -> float:
     p_z = joint.sum(axis=0)
     # P(z) = 0 means theta(x_i)_z = 0 for every i: the column's weight in the sum below is 0.
     conditional = np.divide(joint, p_z[None, :], out=np.zeros_like(joint), where=p_z[None, :] > 0)
-    eep = np.einsum("iz,iz->i", theta, conditional[codes])  # p(y_i | x_i)
+    # p(y_i | x_i) = theta_i . P(y_i | .), one matrix-vector product per class: no second (n, Z)
+    # array, which matters for 21k-class source heads.
+    eep = np.empty(n)
+    for c in range(len(classes)):
+        members = codes == c
+        eep[members] = theta[members] @ conditional[c]
     return float(np.mean(np.log(eep)))

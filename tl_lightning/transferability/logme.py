@@ -168,7 +168,9 @@ def logme_fit(features: Any, labels: Any, *, tol: float = 1e-6, max_iter: int = 
 
     t = alpha / beta
     _, m2, res = moments(t)
-    log_det = np.log(alpha[None, :] + beta[None, :] * sigma[:, None]).sum(axis=0) + extra_zero_eigs * np.log(alpha)
+    log_det = np.log(alpha[None, :] + beta[None, :] * sigma[:, None]).sum(axis=0) + extra_zero_eigs * np.log(
+        alpha
+    )
     evidence = (
         d / 2 * np.log(alpha)
         + n / 2 * np.log(beta)

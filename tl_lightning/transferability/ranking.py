@@ -252,7 +252,7 @@ def _check_candidates(results: Mapping[str, CandidateFeatures]) -> None:
     if not isinstance(results, Mapping) or not results:
         raise ConfigurationError(
             "results must be a non-empty mapping {candidate name: CandidateFeatures}, "
-            f"got {type(results).__name__} with {len(results) if hasattr(results, '__len__') else '?'} entries"
+            f"got {type(results).__name__} {results!r:.60}"
         )
     reference: tuple[str, np.ndarray] | None = None
     for name, cand in results.items():
@@ -367,13 +367,17 @@ def rank_candidates(
         ['good', 'bad']
     """
     if isinstance(scores, str) or not isinstance(scores, Sequence) or not scores:
-        raise ConfigurationError(f"scores must be a non-empty list of names from {list(SCORE_NAMES)}, got {scores!r}")
+        raise ConfigurationError(
+            f"scores must be a non-empty list of names from {list(SCORE_NAMES)}, got {scores!r}"
+        )
     scores = tuple(check_choice("scores", s, SCORE_NAMES) for s in scores)
     if len(set(scores)) != len(scores):
         raise ConfigurationError(f"scores lists a name twice: {list(scores)}")
     primary = check_choice("primary", primary, SCORE_NAMES)
     if primary not in scores:
-        raise ConfigurationError(f"primary={primary!r} is not among scores={list(scores)}; add it or pick one of them")
+        raise ConfigurationError(
+            f"primary={primary!r} is not among scores={list(scores)}; add it or pick one of them"
+        )
     fine_tune_epochs = check_int("fine_tune_epochs", fine_tune_epochs, low=1)
     hscore_shrinkage = check_shrinkage(hscore_shrinkage, "hscore_shrinkage")
     val_fraction = check_val_fraction(val_fraction)
@@ -388,7 +392,9 @@ def rank_candidates(
                 f"{missing} have none. Rank by 'logme', 'hscore' or 'linear_probe' instead"
             )
 
-    unsorted: list[tuple[str, dict[str, float | None], dict[str, float], LinearProbeResult | None, float | None]] = []
+    unsorted: list[
+        tuple[str, dict[str, float | None], dict[str, float], LinearProbeResult | None, float | None]
+    ] = []
     shapes: dict[str, tuple[int, int, int]] = {}
     for name, cand in results.items():
         feature_seconds = check_number(f"candidate {name!r} feature_seconds", cand.feature_seconds, low=0.0)
@@ -435,11 +441,12 @@ def rank_candidates(
 
     total_features = sum(r.seconds["features"] for r in rows)
     total = sum(sum(r.seconds.values()) for r in rows)
-    estimates = [r.fine_tune_seconds for r in rows]
+    estimates = [r.fine_tune_seconds for r in rows if r.fine_tune_seconds is not None]
     cost = RankingCost(
         seconds=total,
         feature_seconds=total_features,
-        fine_tune_seconds=None if any(e is None for e in estimates) else float(sum(estimates)),  # type: ignore[arg-type]
+        # A partial sum would understate the fine-tuning cost and flatter the ranking's share.
+        fine_tune_seconds=float(sum(estimates)) if len(estimates) == len(rows) else None,
         fine_tune_epochs=fine_tune_epochs,
     )
     return Ranking(rows=tuple(rows), primary=primary, scores=scores, cost=cost, notes=tuple(notes))
