@@ -22,7 +22,13 @@ from torch.utils.data import Dataset, TensorDataset
 from tl_lightning.callbacks.exact_resume import rng_states, set_rng_states
 from tl_lightning.cli._interrupt import RunInterrupted
 from tl_lightning.cli.train import train
-from tl_lightning.data._sampling import EpochIndex, EpochSampler, ResumableDataLoader, SeededDataset, seeded_train_loader
+from tl_lightning.data._sampling import (
+    EpochIndex,
+    EpochSampler,
+    ResumableDataLoader,
+    SeededDataset,
+    seeded_train_loader,
+)
 from tl_lightning.modules._checkpoint import read_checkpoint
 
 

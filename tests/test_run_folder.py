@@ -42,7 +42,7 @@ def test_two_runs_started_in_the_same_second_get_their_own_folders(
 
     class Frozen(dt.datetime):
         @classmethod
-        def now(cls, tz=None):  # noqa: ANN001, ANN206 - both runs start at 12:00:00
+        def now(cls, tz=None):
             return dt.datetime(2030, 1, 2, 12, 0, 0)
 
     monkeypatch.setattr(hydra.core.utils, "datetime", Frozen)

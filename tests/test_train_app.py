@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -445,13 +446,13 @@ def test_resuming_with_another_backbone_or_modality_is_one_line(
     assert_one_line_error(code, out, "CheckpointError", "holds a image model", "builds a text model")
 
 
-class PoisonWeights(L.Callback if (L := __import__("lightning").pytorch) else object):
+class PoisonWeights(pl.Callback):
     """Makes the head's weights NaN when epoch ``epoch`` starts (a diverged run, reproducibly)."""
 
     def __init__(self, epoch: int = 1) -> None:
         self.epoch = epoch
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
             import torch
 

@@ -13,7 +13,7 @@ the next safe point:
   complete first, and the run stops when the next epoch would start (Lightning cannot resume
   exactly from a checkpoint taken between an epoch's last batch and its validation).
 
-A second signal stops at once without saving (``last.ckpt`` then holds the previous safe
+A second signal (more than a second after the first) stops at once without saving (``last.ckpt`` then holds the previous safe
 point). :class:`RunInterrupted` carries what happened; ``tl-train`` exits with 128 + the
 signal number (130 for SIGINT, 143 for SIGTERM), as shells do.
 """
@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -37,6 +38,8 @@ from tl_lightning.callbacks.checkpoint import LastAndBestCheckpoint
 __all__ = ["InterruptHandler", "RunInterrupted"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: signals closer together than this are one (delivered to a process group and forwarded)
+_SAME_SIGNAL_S = 1.0
 
 
 class RunInterrupted(BaseException):
@@ -87,8 +90,20 @@ class InterruptHandler(Callback):
     def __init__(self) -> None:
         self.signum: int | None = None
         self.count = 0
+        self._first_at = 0.0
         self._previous: dict[int, Any] = {}
         self._trainer: pl.Trainer | None = None
+
+    def bind(self, trainer: pl.Trainer) -> None:
+        """The trainer whose worker processes (DDP) get the signal forwarded."""
+        self._trainer = trainer
+
+    def __getstate__(self) -> dict[str, Any]:
+        # ddp_spawn pickles the callbacks into its workers: handlers and the trainer stay here
+        state = self.__dict__.copy()
+        state["_previous"] = {}
+        state["_trainer"] = None
+        return state
 
     # -- signal handlers -------------------------------------------------------------------
     def install(self) -> None:
@@ -110,9 +125,14 @@ class InterruptHandler(Callback):
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        now = time.monotonic()
+        if self.signum is not None and now - self._first_at < _SAME_SIGNAL_S:
+            # Ctrl+C reaches every process of the group and the parent forwards it too: one signal
+            return
         self.count += 1
         if self.signum is None:
             self.signum = signum
+            self._first_at = now
         name = signal.Signals(signum).name
         if self.count > 1:
             print(f"\ntl-train: second {name}: stopping now, without saving a checkpoint", file=sys.stderr, flush=True)

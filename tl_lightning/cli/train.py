@@ -3,15 +3,22 @@
 One run: compose the config -> build the data module and read its labels -> build the
 :class:`~tl_lightning.TransferClassifier` for those labels -> hand the backbone's preprocessing
 to the data module -> ``Trainer.fit`` -> ``Trainer.test`` on the best checkpoint -> print a
-summary. The run folder (``outputs/<task_name>/<date>/<time>``) holds ``checkpoints/``,
-``csv/metrics.csv``, ``.hydra/`` (the resolved config and overrides), ``labels.json`` and
-``summary.json``.
+summary. The run folder (``outputs/<task_name>/<date>/<time>``, one per run) holds
+``checkpoints/`` (the best epoch and ``last.ckpt``, the latest state), ``csv/metrics.csv``,
+``.hydra/`` (the resolved config and overrides), ``labels.json`` and ``summary.json`` (how the
+run ended).
+
+Before training, the config and the data are checked (``cli/_preflight.py``), so mistakes that
+would fail after an epoch, or after training, fail at once with one line. SIGINT / SIGTERM
+stop the run at a safe point with a resumable ``last.ckpt`` (``cli/_interrupt.py``);
+``tl-train --resume <run folder>`` continues it exactly, in the same folder (``cli/_resume.py``).
 
 Examples:
     tl-train experiment=demo
     tl-train data.root=/data/pets backbone=timm_convnext_tiny finetune=gradual
     tl-train -m model.lr=1e-4,3e-4 trainer.max_epochs=5
     tl-train --config-dir /my/configs experiment=mine
+    tl-train --resume outputs/train/2025-06-01/12-00-00 trainer.max_epochs=20
 
 :func:`train` is the same run as a function of a composed config, for use from Python.
 """
@@ -129,9 +136,14 @@ def _check_data_before_training(
             )
 
 
-def _check_resume_fits(checkpoint: dict[str, Any], model: Any, ckpt_path: str) -> None:
-    """A checkpoint of another modality is refused before Lightning builds anything around it."""
-    saved = checkpoint.get(CHECKPOINT_KEY) or {}
+def _check_resume_fits(saved: dict[str, Any], model: Any, ckpt_path: str) -> None:
+    """A checkpoint of another modality is refused before Lightning builds anything around it.
+
+    Args:
+        saved: What TransferClassifier stored in the checkpoint (its ``"tl_lightning"`` entry).
+        model: The model this run built.
+        ckpt_path: The checkpoint, for the message.
+    """
     modality = saved.get("modality")
     mine = model.backbone.preprocess.modality
     if modality is not None and modality != mine:
@@ -150,16 +162,36 @@ def _resume_hint(output_dir: Path, last: str | None) -> str | None:
     return f"the same config with ckpt_path={last}"
 
 
+def _last_state(trainer: Any) -> tuple[str | None, int, int]:
+    """``(last.ckpt, epoch, global step)`` reached by ``fit``.
+
+    Under ``ddp_spawn`` the worker processes train and save; this process's trainer and
+    checkpoint callback never see their progress, but ``last.ckpt`` holds it.
+    """
+    callback = trainer.checkpoint_callback
+    last = getattr(callback, "last_model_path", "") or None
+    epoch, step = trainer.current_epoch, trainer.global_step
+    dirpath = getattr(callback, "dirpath", None)
+    if last is None and dirpath and (Path(dirpath) / "last.ckpt").is_file():
+        last = str(Path(dirpath) / "last.ckpt")
+        saved = read_checkpoint(last)
+        if int(saved.get("global_step", 0)) > step:
+            try:  # epochs trained, as trainer.current_epoch counts them after fit
+                epoch = int(saved["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+            except (KeyError, TypeError):
+                epoch = int(saved.get("epoch", epoch))
+            step = int(saved["global_step"])
+    return (last if last and Path(last).is_file() else None), epoch, step
+
+
 def _interrupted(stop: RunInterrupted | None, handler: InterruptHandler, trainer: Any) -> RunInterrupted | None:
     """The interruption of ``fit``, also when Lightning's own handling ended it (second Ctrl+C, SIGTERM)."""
     if stop is not None:
         return stop
     if handler.signum is None:
         return None
-    last = getattr(trainer.checkpoint_callback, "last_model_path", "") or None
-    return RunInterrupted(
-        handler.signum, last, saved_now=False, epoch=trainer.current_epoch, global_step=trainer.global_step
-    )
+    last, epoch, step = _last_state(trainer)
+    return RunInterrupted(handler.signum, last, saved_now=False, epoch=epoch, global_step=step)
 
 
 def train(cfg: DictConfig) -> RunSummary:
@@ -185,10 +217,16 @@ def train(cfg: DictConfig) -> RunSummary:
     do_train, do_test = bool(cfg.get("train", True)), bool(cfg.get("test", True))
     ckpt_path = cfg.get("ckpt_path")
     check_train_or_checkpoint(do_train, ckpt_path)
-    checkpoint: dict[str, Any] | None = None
+    resumed: dict[str, Any] | None = None  # what the run needs to know about ckpt_path
     if ckpt_path:
         with config_step("ckpt_path"):
             checkpoint = read_checkpoint(ckpt_path)
+        resumed = {
+            "global_step": int(checkpoint.get("global_step", 0)),
+            "log_step": resume_step_of(checkpoint),
+            CHECKPOINT_KEY: dict(checkpoint.get(CHECKPOINT_KEY) or {}),
+        }
+        del checkpoint
     with config_step("trainer"):
         check_trainer_numbers(cfg.trainer)
         check_accelerator(cfg.trainer)
@@ -211,15 +249,15 @@ def train(cfg: DictConfig) -> RunSummary:
     with config_step(f"model (backbone.name={cfg.backbone.name!r})"):
         check_target_arguments(cfg.model, "model")
         model = hydra.utils.instantiate(cfg.model, labels=labels, num_classes=len(labels), _convert_="all")
-    if checkpoint is not None and do_train:
+    if resumed is not None and do_train:
         with config_step("ckpt_path"):
-            _check_resume_fits(checkpoint, model, str(ckpt_path))
+            _check_resume_fits(resumed[CHECKPOINT_KEY], model, str(ckpt_path))
     with config_step("data"):
         datamodule.set_preprocess(model.backbone.preprocess)
 
     callbacks = _instantiate_dict(cfg.get("callbacks"), "callbacks")
     loggers = list(_instantiate_dict(cfg.get("logger"), "logger").values())
-    resume_step = resume_step_of(checkpoint) if checkpoint is not None and do_train else None
+    resume_step = resumed["log_step"] if resumed is not None and do_train else None
     for logger in loggers:
         if isinstance(logger, ResumableCSVLogger) and resume_step is not None:
             logger.continue_after(resume_step)
@@ -235,19 +273,19 @@ def train(cfg: DictConfig) -> RunSummary:
     def summary(**fields: Any) -> RunSummary:
         checkpoint_cb = trainer.checkpoint_callback
         best_score = getattr(checkpoint_cb, "best_model_score", None)
-        last = getattr(checkpoint_cb, "last_model_path", "") or None
+        last, epochs, step = _last_state(trainer)
         values: dict[str, Any] = dict(
             task_name=str(cfg.task_name),
             output_dir=str(output_dir),
             backbone=str(cfg.backbone.name),
             labels=labels,
             total_seconds=time.perf_counter() - start,
-            epochs=trainer.current_epoch if do_train else None,
-            global_step=trainer.global_step if do_train else None,
+            epochs=epochs if do_train else None,
+            global_step=step if do_train else None,
             best_checkpoint=getattr(checkpoint_cb, "best_model_path", "") or None,
             best_score=float(best_score) if best_score is not None else None,
             monitor=getattr(checkpoint_cb, "monitor", None),
-            last_checkpoint=last if last and Path(last).is_file() else None,
+            last_checkpoint=last,
             resumed_from=str(ckpt_path) if ckpt_path and do_train else None,
             val_metrics=val_metrics,
         )
@@ -263,6 +301,7 @@ def train(cfg: DictConfig) -> RunSummary:
     if do_train:
         t0 = time.perf_counter()
         stop: RunInterrupted | None = None
+        interrupt.bind(trainer)
         interrupt.install()
         try:
             with config_step("trainer.fit"), warnings.catch_warnings():
@@ -277,13 +316,16 @@ def train(cfg: DictConfig) -> RunSummary:
             if interrupt.signum is None:
                 raise
         except BaseException as err:
-            start_step = int(checkpoint.get("global_step", 0)) if checkpoint is not None else 0
-            if checkpoint is None or trainer.global_step > start_step:
-                val_metrics.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
-                # the last good checkpoint stays; summary.json says what stopped the run
-                summary(status="failed", stopped_by=f"{type(_root_cause(err)).__name__}: {_root_cause(err)}"[:500],
-                        train_seconds=time.perf_counter() - t0)
-            raise
+            if interrupt.signum is None:
+                # a resume refused before any step leaves the run's summary.json as it was
+                if resumed is None or trainer.global_step > resumed["global_step"]:
+                    val_metrics.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+                    cause = _root_cause(err)
+                    summary(status="failed", stopped_by=f"{type(cause).__name__}: {cause}"[:500],
+                            train_seconds=time.perf_counter() - t0)
+                raise
+            # a signal ended fit in a way reported as an error (ddp_spawn workers); the state
+            # reached is in last.ckpt all the same
         finally:
             interrupt.uninstall()
         train_seconds = time.perf_counter() - t0
@@ -293,6 +335,8 @@ def train(cfg: DictConfig) -> RunSummary:
             result = summary(
                 status="interrupted",
                 stopped_by=stop.signal_name,
+                epochs=stop.epoch,
+                global_step=stop.global_step,
                 train_seconds=train_seconds,
                 last_checkpoint=stop.checkpoint,
                 resume_command=_resume_hint(output_dir, stop.checkpoint),
