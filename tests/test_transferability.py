@@ -254,6 +254,9 @@ def test_h_score_singular_covariance_without_shrinkage_is_an_error() -> None:
         h_score(f, [0, 1, 0, 1, 0], shrinkage=0.0)
     with pytest.raises(ConfigurationError, match="ledoit-wolf"):
         h_score(f, [0, 1, 0, 1, 0], shrinkage="oas")
+    # Constant features (centering leaves only rounding noise) have no covariance to speak of.
+    with pytest.raises(DataError, match="constant"):
+        h_score(np.tile(f[:1] * 1e3, (5, 1)), [0, 1, 0, 1, 0])
     with pytest.raises(ConfigurationError, match="shrinkage"):
         h_score(f, [0, 1, 0, 1, 0], shrinkage=1.0)
 

@@ -130,7 +130,8 @@ def h_score(
         eigvals, u = eigvals[keep], u[:, keep]
         eigvecs = x.T @ u / np.sqrt(n * eigvals)[None, :]
     top = float(eigvals.max())
-    if top <= 0:
+    # Centering features that are constant leaves rounding noise of relative size ~1e-16.
+    if top <= 1e-20 * float(np.mean(f**2)):
         raise DataError("features are constant across samples; the H-score needs features that vary")
     eigvals = np.maximum(eigvals, 0.0)
     between = ((g @ eigvecs) ** 2).sum(axis=0)  # diag of V^T G^T G V
@@ -141,9 +142,10 @@ def h_score(
     a = ledoit_wolf_shrinkage(x) if shrinkage == "ledoit-wolf" else float(shrinkage)
     rank = int((eigvals > top * 1e-12).sum())  # the n x n route keeps only these
     if a == 0 and rank < d:
+        how = "the Ledoit-Wolf shrinkage is 0" if shrinkage == "ledoit-wolf" else "shrinkage=0"
         raise DataError(
             f"the feature covariance is singular (rank {rank} < {d} dims, from {n} samples) and "
-            "shrinkage=0 does not regularise it; use shrinkage='ledoit-wolf' or None"
+            f"{how}, which does not regularise it; use shrinkage='ledoit-wolf', a number in (0, 1) or None"
         )
     mu = float((x**2).sum()) / (n * d)
     shrunk = (1 - a) * eigvals + a * mu
