@@ -62,6 +62,8 @@ class _Labelled:
     names: list[list[str]]
     #: some label cell was a JSON list (a multi-label row)
     has_lists: bool
+    #: the ``group_column`` cell of each row (when the file has that column)
+    groups: list[str] | None = None
 
 
 class TextClassificationDataModule(ClassificationDataModule):
@@ -126,6 +128,9 @@ class TextClassificationDataModule(ClassificationDataModule):
         pin_memory: DataLoader ``pin_memory``.
         drop_last: Drop the last, incomplete training batch (training loader only), e.g. when
             :meth:`train_size` ``% batch_size == 1`` would leave BatchNorm a batch of one.
+        group_column: Column naming a subgroup of each row (a region, a source); read as
+            written and given per test row by :meth:`test_groups`, so the per-class report can
+            show the metrics of every subgroup. Needed only in the file the test rows come from.
 
     Example:
         >>> from tl_lightning.assets import rotten_tomatoes_path  # doctest: +SKIP
@@ -161,6 +166,7 @@ class TextClassificationDataModule(ClassificationDataModule):
         model_labels: Sequence[str] | None = None,
         pin_memory: bool = False,
         drop_last: bool = False,
+        group_column: str | None = None,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -196,6 +202,10 @@ class TextClassificationDataModule(ClassificationDataModule):
         self.max_train_samples = max_train_samples
         self.max_length = max_length
         self.id_column = id_column
+        if group_column is not None and (not isinstance(group_column, str) or not group_column):
+            raise ConfigurationError(f"group_column must be a column name or None, got {group_column!r}")
+        self.group_column = group_column
+        self._test_groups: list[str] | None = None
         self.encoding = check_encoding(encoding)
         self.separator = check_separator(separator)
         self._tables: dict[str, _Labelled] | None = None
@@ -260,6 +270,9 @@ class TextClassificationDataModule(ClassificationDataModule):
                 f"(0-based) {empty[:10]}. Fix: drop or fill those rows"
             )
         has_lists = any(isinstance(c, list) for c in cells)
+        groups: list[str] | None = None
+        if self.group_column is not None and self.group_column in df.columns:
+            groups = ["" if g is None else str(g) for g in df[self.group_column].tolist()]
         if self.keep_labels is not None:
             present = {name for row in names for name in row}
             absent = [k for k in self.keep_labels if k not in present]
@@ -271,9 +284,10 @@ class TextClassificationDataModule(ClassificationDataModule):
             names = [[n for n in row if n in keep] for row in names]
             rows = [i for i, row in enumerate(names) if row]
             texts, names = [texts[i] for i in rows], [names[i] for i in rows]
+            groups = None if groups is None else [groups[i] for i in rows]
         if not texts:
             raise DataError(f"{path!r} has no rows to use")
-        return _Labelled(texts, names, has_lists)
+        return _Labelled(texts, names, has_lists, groups)
 
     def _names(self, cell: str | list[str]) -> list[str]:
         """The label names of one label cell: a JSON list as written, or the cell split on ``label_separator``."""
@@ -418,7 +432,20 @@ class TextClassificationDataModule(ClassificationDataModule):
                 return _TextDataset(t.texts, [self._target(names, mapping, multilabel) for names in t.names])
             return subset(idx)
 
+        test_source = tables["test"] if "test" in tables else base
+        if self.group_column is not None and test_source.groups is None:
+            path = self.test_path if "test" in tables else (self.path or self.train_path)
+            raise DataError(f"group_column {self.group_column!r} is not a column of {path!r}, where the test rows come from")
+        if test_source.groups is not None:
+            self._test_groups = list(test_source.groups) if "test" in tables else [test_source.groups[i] for i in te]
         return {"train": subset(tr), "val": table("val", va), "test": table("test", te)}
+
+    def test_groups(self) -> list[str] | None:
+        """The ``group_column`` cell of every test row, in test-dataset order (``None`` without ``group_column``)."""
+        if self.group_column is None:
+            return None
+        self._dataset("test")
+        return list(self._test_groups or [])
 
     @override
     def _collate(self, split: str) -> _TokenizeCollate:

@@ -300,9 +300,11 @@ class TransferClassifier(LightningModule):
             target = target * (1.0 - smoothing) + 0.5 * smoothing
         return self.loss_fn(logits, target)
 
-    def _shared_step(self, batch: Any, split: str) -> Tensor:
+    def _shared_step(self, batch: Any, split: str, outputs: dict[str, Tensor] | None = None) -> Tensor:
         x, y = _unpack(batch, split)
         logits = self(x)
+        if outputs is not None:
+            outputs.update(logits=logits.detach(), targets=y)
         loss = self._loss(logits, y)
         preds = logits.softmax(-1) if self.task == "multiclass" else logits.sigmoid()
         target = y if self.task == "multiclass" else y.long()
@@ -350,8 +352,11 @@ class TransferClassifier(LightningModule):
         return self._shared_step(batch, "val")
 
     @override
-    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "test")
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        """The batch's ``{"loss", "logits", "targets"}`` (what ``diagnostics.PerClassReport`` reads)."""
+        outputs: dict[str, Tensor] = {}
+        outputs["loss"] = self._shared_step(batch, "test", outputs)
+        return outputs
 
     @override
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
