@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
@@ -505,6 +506,11 @@ def test_ranking_cost_against_the_fine_tuning_estimate() -> None:
     scoring = sum(sum(v for k, v in row.seconds.items() if k != "features") for row in ranking)
     assert ranking.cost.seconds == pytest.approx(1.25 + scoring)
     assert ranking.cost.fraction == pytest.approx(ranking.cost.seconds / (3 * per_candidate))
+    assert ranking.cost.within_budget is (ranking.cost.fraction < 0.05)
+    # Slow features against a cheap fine-tuning estimate: over the 5% budget, and the report says so.
+    slow = {k: replace(v, feature_seconds=10.0) for k, v in _candidates().items()}
+    over = rank_candidates(slow, scores=["logme"], fine_tune_epochs=1)  # 30 s of features vs 27 s
+    assert over.cost.within_budget is False and "OVER the 5% budget" in over.to_markdown()
     # One candidate without a forward timing: no (partial) total.
     no_timing = rank_candidates(_candidates(with_timing=False), scores=["logme"])
     assert no_timing.cost.fine_tune_seconds is None and no_timing.cost.fraction is None
@@ -539,6 +545,7 @@ def test_ranking_markdown_json_and_plot(tmp_path) -> None:
     assert data["candidates"][2]["scores"]["leep"] is None
     assert data["candidates"][0]["linear_probe"]["n_val"] == 36
     assert data["cost"]["fraction"] == pytest.approx(ranking.cost.fraction)
+    assert data["cost"]["budget"] == 0.05 and data["cost"]["within_budget"] == ranking.cost.within_budget
 
     pyplot_before = "matplotlib.pyplot" in sys.modules
     path = ranking.plot(tmp_path / "charts" / "ranking.png")

@@ -73,6 +73,7 @@ from tl_lightning.transferability.linear_probe import DEFAULT_L2_GRID, LinearPro
 from tl_lightning.transferability.logme import LogMEFit, logme, logme_fit
 from tl_lightning.transferability.nce import nce, source_labels_of
 from tl_lightning.transferability.ranking import (
+    COST_BUDGET,
     SCORE_LABELS,
     SCORE_NAMES,
     CandidateFeatures,
@@ -83,6 +84,7 @@ from tl_lightning.transferability.ranking import (
 )
 
 __all__ = [
+    "COST_BUDGET",
     "DEFAULT_L2_GRID",
     "SCORE_LABELS",
     "SCORE_NAMES",

@@ -25,7 +25,7 @@ def _seconds(value: float) -> str:
 
 def ranking_markdown(ranking: Ranking) -> str:
     """The table, best first, then the notes and the cost line."""
-    from tl_lightning.transferability.ranking import SCORE_LABELS
+    from tl_lightning.transferability.ranking import COST_BUDGET, SCORE_LABELS
 
     header = ["rank", "candidate"]
     header += [SCORE_LABELS[s] + (" (primary)" if s == ranking.primary else "") for s in ranking.scores]
@@ -54,7 +54,8 @@ def ranking_markdown(ranking: Ranking) -> str:
         text += (
             f"; fine-tuning every candidate for {cost.fine_tune_epochs} epochs: about "
             f"{_seconds(cost.fine_tune_seconds)} (estimated from the forward time, a lower bound); "
-            f"ranking = {100 * cost.fraction:.2f}% of that."  # type: ignore[operator]
+            f"ranking = {100 * cost.fraction:.2f}% of that "  # type: ignore[operator]
+            f"({'within' if cost.within_budget else 'OVER'} the {100 * COST_BUDGET:g}% budget)."
         )
     lines.append(text)
     return "\n".join(lines) + "\n"
