@@ -32,7 +32,9 @@ def natural_crops(n: int, seed: int = 0) -> list[Image.Image]:
     return crops
 
 
-def image_batches(transform: Any, n_batches: int = 3, batch_size: int = 8, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def image_batches(
+    transform: Any, n_batches: int = 3, batch_size: int = 8, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``(images, targets)`` batches made by ``transform`` from natural crops."""
     crops = natural_crops(n_batches * batch_size, seed)
     out = []
@@ -69,7 +71,9 @@ class ScriptedModule(pl.LightningModule):
         lr: SGD learning rate (a large one moves the top groups fast).
     """
 
-    def __init__(self, train_acc: Sequence[float] = (), val_acc: Sequence[float] = (), lr: float = 0.5, seed: int = 0) -> None:
+    def __init__(
+        self, train_acc: Sequence[float] = (), val_acc: Sequence[float] = (), lr: float = 0.5, seed: int = 0
+    ) -> None:
         super().__init__()
         torch.manual_seed(seed)
         self.model = nn.Sequential(

@@ -40,9 +40,9 @@ def test_ddp_per_class_report_counts_every_test_sample_once(tmp_path: Path) -> N
         OneHotModel(), one_hot_loader(preds, targets, batch_size=2)
     )
     single = PerClassReport(dirpath=tmp_path / "single", plot=False)
-    pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, callbacks=[single]).test(
-        OneHotModel(), one_hot_loader(preds, targets, batch_size=2)
-    )
+    pl.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, callbacks=[single]
+    ).test(OneHotModel(), one_hot_loader(preds, targets, batch_size=2))
     read = [list(csv.reader((tmp_path / d / "per_class.csv").open())) for d in ("ddp", "single")]
     assert read[0] == read[1]
     support = {row[0]: row[4] for row in read[0][1:]}
@@ -64,6 +64,6 @@ def test_ddp_forgetting_monitor_and_layer_map_run_on_rank_zero(tmp_path: Path) -
     rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
     drift = [float(r["forgetting/drift/block3"]) for r in rows if r.get("forgetting/drift/block3")]
     assert len(drift) == 2 and 0 < drift[0] < drift[1]
-    assert [float(r["forgetting/cka/stem"]) for r in rows if r.get("forgetting/cka/stem")][0] < 1.0
+    assert next(float(r["forgetting/cka/stem"]) for r in rows if r.get("forgetting/cka/stem")) < 1.0
     pictures = sorted(p.name for p in (tmp_path / "maps").iterdir())
     assert pictures == ["curves.png", "layer_map_0_0.png", "layer_map_2_8.png", "lr_curves.png"]

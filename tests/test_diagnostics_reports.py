@@ -58,7 +58,13 @@ def test_layer_map_pictures_at_start_unfreeze_and_end(tmp_path: Path) -> None:
         tiny_image_classifier(lr=0.05), loader, loader
     )
     names = [p.name for p in layer_map.pictures]
-    assert names == ["layer_map_0_0.png", "layer_map_1_2.png", "layer_map_2_4.png", "lr_curves.png", "curves.png"]
+    assert names == [
+        "layer_map_0_0.png",
+        "layer_map_1_2.png",
+        "layer_map_2_4.png",
+        "lr_curves.png",
+        "curves.png",
+    ]
     start, unfrozen, end = (tmp_path / "run" / n for n in names[:3])
     for path in (start, unfrozen, end):
         with Image.open(path) as img:
@@ -73,7 +79,7 @@ def test_layer_map_pictures_at_start_unfreeze_and_end(tmp_path: Path) -> None:
     events.Reload()
     assert len(events.Images("diagnostics/layer_map")) == 3
     # the LR actually used: the unfrozen group warms up (1/2 of the LR at its first step), frozen ones keep theirs
-    lrs = dict((int(s), lr) for s, lr in layer_map.curves.lrs["layer4"])
+    lrs = {int(s): lr for s, lr in layer_map.curves.lrs["layer4"]}
     assert lrs == {0: 0.05, 1: 0.05, 2: 0.025, 3: 0.05}
     assert [e for e, _ in layer_map.curves.metrics["train/loss"]] == [0, 1]
     assert [e for e, _ in layer_map.curves.metrics["val/loss"]] == [0, 1]
@@ -116,8 +122,18 @@ def test_per_class_numbers_match_hand_computed_values() -> None:
 def test_a_class_never_predicted_nor_present_scores_zero() -> None:
     cm = confusion_matrix(torch.tensor([0, 0]), torch.tensor([0, 1]), 3)
     rows = {r["label"]: r for r in report_from_confusion(cm, ["a", "b", "c"])}
-    assert (rows["b"]["precision"], rows["b"]["recall"], rows["b"]["f1"], rows["b"]["support"]) == (0.0, 0.0, 0.0, 1)
-    assert (rows["c"]["precision"], rows["c"]["recall"], rows["c"]["f1"], rows["c"]["support"]) == (0.0, 0.0, 0.0, 0)
+    assert (rows["b"]["precision"], rows["b"]["recall"], rows["b"]["f1"], rows["b"]["support"]) == (
+        0.0,
+        0.0,
+        0.0,
+        1,
+    )
+    assert (rows["c"]["precision"], rows["c"]["recall"], rows["c"]["f1"], rows["c"]["support"]) == (
+        0.0,
+        0.0,
+        0.0,
+        0,
+    )
     assert rows["a"]["precision"] == pytest.approx(0.5) and rows["a"]["recall"] == 1.0
 
 
@@ -125,7 +141,13 @@ def test_multilabel_numbers_match_hand_computed_values() -> None:
     preds = torch.tensor([[1, 0], [1, 1], [0, 1]])
     targets = torch.tensor([[1, 0], [0, 1], [1, 1]])
     rows = {r["label"]: r for r in multilabel_report(preds, targets, ["x", "y"])}
-    assert {k: rows["x"][k] for k in ("tp", "fp", "fn", "tn", "support")} == {"tp": 1, "fp": 1, "fn": 1, "tn": 0, "support": 2}
+    assert {k: rows["x"][k] for k in ("tp", "fp", "fn", "tn", "support")} == {
+        "tp": 1,
+        "fp": 1,
+        "fn": 1,
+        "tn": 0,
+        "support": 2,
+    }
     assert (rows["x"]["precision"], rows["x"]["recall"], rows["x"]["f1"]) == pytest.approx((0.5, 0.5, 0.5))
     assert {k: rows["y"][k] for k in ("tp", "fp", "fn", "tn")} == {"tp": 2, "fp": 0, "fn": 0, "tn": 1}
     assert rows["y"]["f1"] == 1.0 and rows["macro avg"]["f1"] == pytest.approx(0.75)
@@ -135,7 +157,7 @@ def test_multilabel_numbers_match_hand_computed_values() -> None:
 class OneHotModel(pl.LightningModule):
     """Predicts the class its input one-hot encodes; test_step returns only the loss (the fallback forward path)."""
 
-    labels = ["a", "b", "c"]
+    labels = ("a", "b", "c")
 
     def __init__(self) -> None:
         super().__init__()
@@ -174,7 +196,9 @@ def test_per_class_report_files_from_a_test_run(tmp_path: Path) -> None:
 
 
 class OutputKeys(pl.Callback):
-    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         self.keys = set(outputs)
 
 
@@ -196,7 +220,7 @@ def test_per_class_report_of_a_transfer_classifier_uses_its_test_step_outputs(tm
 
 
 class MultiHotModel(OneHotModel):
-    labels = ["x", "y"]
+    labels = ("x", "y")
     task = "multilabel"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -215,7 +239,9 @@ def test_per_class_report_multilabel(tmp_path: Path) -> None:
     rows = {r["label"]: r for r in read_rows(tmp_path / "per_class.csv")}
     assert (rows["x"]["tp"], rows["x"]["fp"], rows["x"]["fn"], rows["x"]["tn"]) == ("1", "1", "1", "0")
     assert float(rows["y"]["f1"]) == 1.0
-    assert not (tmp_path / "confusion_matrix.csv").exists() and not (tmp_path / "confusion_matrix.png").exists()
+    assert (
+        not (tmp_path / "confusion_matrix.csv").exists() and not (tmp_path / "confusion_matrix.png").exists()
+    )
 
 
 # ---------------------------------------------------------------------------------- subgroups
@@ -234,7 +260,9 @@ def test_text_data_module_gives_the_group_of_each_test_row(tiny_bert_dir: Path, 
     from tl_lightning import TextClassificationDataModule, TransferClassifier
 
     model = TransferClassifier(f"hf:{tiny_bert_dir}", labels=["neg", "pos"], pretrained=False)
-    dm = TextClassificationDataModule(path=str(_group_csv(tmp_path)), group_column="region", test_fraction=0.5, batch_size=4)
+    dm = TextClassificationDataModule(
+        path=str(_group_csv(tmp_path)), group_column="region", test_fraction=0.5, batch_size=4
+    )
     dm.set_preprocess(model.preprocess)
     groups = dm.test_groups()
     texts = dm._dataset("test").texts
@@ -252,7 +280,9 @@ def test_per_group_report(tiny_bert_dir: Path, tmp_path: Path) -> None:
     from tl_lightning import TextClassificationDataModule, TransferClassifier
 
     model = TransferClassifier(f"hf:{tiny_bert_dir}", labels=["neg", "pos"], pretrained=False)
-    dm = TextClassificationDataModule(path=str(_group_csv(tmp_path)), group_column="region", test_fraction=0.5, batch_size=5)
+    dm = TextClassificationDataModule(
+        path=str(_group_csv(tmp_path)), group_column="region", test_fraction=0.5, batch_size=5
+    )
     dm.set_preprocess(model.preprocess)
     report = PerClassReport(dirpath=tmp_path / "run", plot=False)
     results = trainer(tmp_path, [report]).test(model, datamodule=dm)

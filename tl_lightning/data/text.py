@@ -432,12 +432,15 @@ class TextClassificationDataModule(ClassificationDataModule):
                 return _TextDataset(t.texts, [self._target(names, mapping, multilabel) for names in t.names])
             return subset(idx)
 
-        test_source = tables["test"] if "test" in tables else base
+        test_source = tables.get("test", base)
         if self.group_column is not None and test_source.groups is None:
             path = self.test_path if "test" in tables else (self.path or self.train_path)
-            raise DataError(f"group_column {self.group_column!r} is not a column of {path!r}, where the test rows come from")
+            raise DataError(
+                f"group_column {self.group_column!r} is not a column of {path!r}, where the test rows come from"
+            )
         if test_source.groups is not None:
-            self._test_groups = list(test_source.groups) if "test" in tables else [test_source.groups[i] for i in te]
+            groups = test_source.groups
+            self._test_groups = list(groups) if "test" in tables else [groups[i] for i in te]
         return {"train": subset(tr), "val": table("val", va), "test": table("test", te)}
 
     def test_groups(self) -> list[str] | None:

@@ -27,12 +27,12 @@ from tl_lightning.diagnostics.per_class import PerClassReport, plot_confusion_ma
 
 __all__ = [
     "CHECKS",
+    "STATE_COLORS",
     "ForgettingMonitor",
     "InputCheck",
     "LayerMap",
     "PerClassReport",
     "RunCurves",
-    "STATE_COLORS",
     "draw_layer_map",
     "find_expected_preprocess",
     "gram_cka",

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from typing_extensions import Self
 
 from tl_lightning.backbones._base import LayerGroup
 
@@ -80,8 +81,8 @@ class GroupOutputs:
             h.remove()
         self._handles = []
 
-    def __enter__(self) -> GroupOutputs:
+    def __enter__(self) -> Self:
         return self.attach()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.detach()

@@ -27,7 +27,7 @@ from tl_lightning.backbones._base import ImagePreprocess
 from tl_lightning.diagnostics._finding import Finding
 from tl_lightning.errors import DataError
 
-__all__ = ["ImageStats", "image_findings", "check_channels", "IMAGENET_MEAN"]
+__all__ = ["IMAGENET_MEAN", "ImageStats", "check_channels", "image_findings"]
 
 #: RGB means of ImageNet photographs: the natural-image prior when a model's normalization is uniform
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -48,7 +48,9 @@ def check_channels(x: Tensor, expected: int, where: str) -> None:
             "img.convert('RGB'), or v2.Grayscale(num_output_channels=3)); tl_lightning's data modules do it"
         )
     elif got == 4 and expected == 3:
-        cause = "RGBA / CMYK images keep a fourth channel. Fix: img.convert('RGB') (drops or composites alpha)"
+        cause = (
+            "RGBA / CMYK images keep a fourth channel. Fix: img.convert('RGB') (drops or composites alpha)"
+        )
     elif x.shape[-1] == expected and got != expected:
         cause = "the batch is channels-last (N, H, W, C). Fix: permute(0, 3, 1, 2), or v2.ToImage() in the transform"
     else:
@@ -170,7 +172,12 @@ def _expected(p: ImagePreprocess) -> str:
 
 def normalization_finding(stats: ImageStats, p: ImagePreprocess) -> Finding | None:
     """The one scaling / normalization mistake the statistics show, if any (the causes exclude each other)."""
-    assert stats.min is not None and stats.max is not None and stats.raw_min is not None and stats.raw_max is not None
+    assert (
+        stats.min is not None
+        and stats.max is not None
+        and stats.raw_min is not None
+        and stats.raw_max is not None
+    )
     total = stats.count * stats.channels
     outside_once = stats.outside_once / total
     outside_twice = stats.outside_twice / total

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Inputs", "InputFn", "batch_inputs", "take_rows", "to_device", "to_cpu_copy", "num_rows"]
+__all__ = ["InputFn", "Inputs", "batch_inputs", "num_rows", "take_rows", "to_cpu_copy", "to_device"]
 
 Inputs = Tensor | Mapping[str, Tensor]
 InputFn = Callable[[Any], Any]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["confusion_matrix", "report_from_confusion", "multilabel_report", "COLUMNS"]
+__all__ = ["COLUMNS", "confusion_matrix", "multilabel_report", "report_from_confusion"]
 
 #: columns of every report row
 COLUMNS = ("label", "precision", "recall", "f1", "support")
@@ -27,18 +27,26 @@ def confusion_matrix(preds: Tensor, targets: Tensor, num_classes: int) -> Tensor
     bad = (targets < 0) | (targets >= num_classes) | (preds < 0) | (preds >= num_classes)
     if bool(bad.any()):
         raise ValueError(f"class indices must be in [0, {num_classes}), got targets/preds outside it")
-    return torch.bincount(targets * num_classes + preds, minlength=num_classes * num_classes).view(num_classes, num_classes)
+    return torch.bincount(targets * num_classes + preds, minlength=num_classes * num_classes).view(
+        num_classes, num_classes
+    )
 
 
 def _prf(tp: Tensor, fp: Tensor, fn: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     tp, fp, fn = tp.double(), fp.double(), fn.double()
     precision = torch.where(tp + fp > 0, tp / (tp + fp).clamp(min=1), torch.zeros_like(tp))
     recall = torch.where(tp + fn > 0, tp / (tp + fn).clamp(min=1), torch.zeros_like(tp))
-    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-300), torch.zeros_like(tp))
+    f1 = torch.where(
+        precision + recall > 0,
+        2 * precision * recall / (precision + recall).clamp(min=1e-300),
+        torch.zeros_like(tp),
+    )
     return precision, recall, f1
 
 
-def _rows(labels: Sequence[str], precision: Tensor, recall: Tensor, f1: Tensor, support: Tensor) -> list[dict[str, Any]]:
+def _rows(
+    labels: Sequence[str], precision: Tensor, recall: Tensor, f1: Tensor, support: Tensor
+) -> list[dict[str, Any]]:
     rows = [
         {"label": str(label), "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
         for label, p, r, f, s in zip(labels, precision, recall, f1, support)
@@ -46,12 +54,22 @@ def _rows(labels: Sequence[str], precision: Tensor, recall: Tensor, f1: Tensor, 
     total = int(support.sum())
     weights = support.double() / total if total else torch.zeros_like(precision)
     rows.append(
-        {"label": "macro avg", "precision": float(precision.mean()), "recall": float(recall.mean()),
-         "f1": float(f1.mean()), "support": total}
+        {
+            "label": "macro avg",
+            "precision": float(precision.mean()),
+            "recall": float(recall.mean()),
+            "f1": float(f1.mean()),
+            "support": total,
+        }
     )
     rows.append(
-        {"label": "weighted avg", "precision": float((precision * weights).sum()), "recall": float((recall * weights).sum()),
-         "f1": float((f1 * weights).sum()), "support": total}
+        {
+            "label": "weighted avg",
+            "precision": float((precision * weights).sum()),
+            "recall": float((recall * weights).sum()),
+            "f1": float((f1 * weights).sum()),
+            "support": total,
+        }
     )
     return rows
 
@@ -73,7 +91,10 @@ def report_from_confusion(cm: Tensor, labels: Sequence[str]) -> list[dict[str, A
     rows = _rows(labels, precision, recall, f1, support)
     total = int(cm.sum())
     accuracy = float(tp.sum()) / total if total else 0.0
-    rows.insert(len(labels), {"label": "accuracy", "precision": None, "recall": None, "f1": accuracy, "support": total})
+    rows.insert(
+        len(labels),
+        {"label": "accuracy", "precision": None, "recall": None, "f1": accuracy, "support": total},
+    )
     return rows
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from tl_lightning.errors import ConfigurationError
 
-__all__ = ["require_matplotlib", "new_figure", "save_figure", "resolve_dir", "log_image"]
+__all__ = ["log_image", "new_figure", "require_matplotlib", "resolve_dir", "save_figure"]
 
 
 def require_matplotlib(who: str, hint: str = "") -> None:

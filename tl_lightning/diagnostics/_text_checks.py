@@ -22,7 +22,7 @@ from tl_lightning.backbones._base import TextPreprocess
 from tl_lightning.diagnostics._finding import Finding
 from tl_lightning.errors import DataError
 
-__all__ = ["TextStats", "text_findings", "embedding_rows", "position_limit", "TokenizerFacts"]
+__all__ = ["TextStats", "TokenizerFacts", "embedding_rows", "position_limit", "text_findings"]
 
 # tokenizers without a known limit report transformers' VERY_LARGE_INTEGER (1e30)
 _NO_LIMIT = 10**9
@@ -112,7 +112,9 @@ class TextStats:
     first_ids: Counter = field(default_factory=Counter)
     pad_ids: Counter = field(default_factory=Counter)
 
-    def update(self, inputs: Tensor | Mapping[str, Tensor], facts: TokenizerFacts, max_length: int, rows: int | None) -> None:
+    def update(
+        self, inputs: Tensor | Mapping[str, Tensor], facts: TokenizerFacts, max_length: int, rows: int | None
+    ) -> None:
         """Add one batch; raises a :class:`DataError` on ids beyond the model's embedding rows."""
         if isinstance(inputs, Tensor):
             ids, mask = inputs, None
@@ -202,7 +204,8 @@ def text_findings(
             found.append(
                 Finding(
                     "tokenizer",
-                    "the token ids do not look like the output of the model's tokenizer: " + "; ".join(signs)
+                    "the token ids do not look like the output of the model's tokenizer: "
+                    + "; ".join(signs)
                     + ". Likely cause: the texts were tokenized by another model's tokenizer (or without special "
                     "tokens), so every id means another word to the model. Fix: tokenize with the model's tokenizer "
                     "(model.preprocess / the backbone's TextPreprocess; tl_lightning's data modules do)",

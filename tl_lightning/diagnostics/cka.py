@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["gram", "linear_cka", "gram_cka"]
+__all__ = ["gram", "gram_cka", "linear_cka"]
 
 
 def gram(x: Tensor) -> Tensor:
@@ -58,7 +58,9 @@ def gram_cka(k: Tensor, l: Tensor, debiased: bool = True) -> float:
         The CKA; ``nan`` when a representation is constant over the examples.
     """
     if k.shape != l.shape or k.ndim != 2 or k.shape[0] != k.shape[1]:
-        raise ValueError(f"Gram matrices must be square and of the same size, got {tuple(k.shape)} and {tuple(l.shape)}")
+        raise ValueError(
+            f"Gram matrices must be square and of the same size, got {tuple(k.shape)} and {tuple(l.shape)}"
+        )
     k, l = k.double(), l.to(device=k.device, dtype=torch.float64)
     if debiased:
         if k.shape[0] < 4:

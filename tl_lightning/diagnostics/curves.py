@@ -30,7 +30,7 @@ def _split_metric(key: str) -> tuple[str, str] | None:
     if match is None or key.endswith("_step"):
         return None
     split, name = match.groups()
-    return split, name[: -len("_epoch")] if name.endswith("_epoch") else name
+    return split, name.removesuffix("_epoch")
 
 
 class RunCurves:
@@ -94,8 +94,10 @@ class RunCurves:
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"lrs": {k: [list(p) for p in v] for k, v in self.lrs.items()},
-                "metrics": {k: [list(p) for p in v] for k, v in self.metrics.items()}}
+        return {
+            "lrs": {k: [list(p) for p in v] for k, v in self.lrs.items()},
+            "metrics": {k: [list(p) for p in v] for k, v in self.metrics.items()},
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.lrs = {str(k): [list(p) for p in v] for k, v in (state.get("lrs") or {}).items()}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -32,7 +32,15 @@ from tl_lightning._checks import check_choice, check_int, check_number
 from tl_lightning._targets import FineTuneTargets, GroupsSpec, HeadSpec, resolve_targets, shared_groups
 from tl_lightning.diagnostics._activations import GroupOutputs, pooled
 from tl_lightning.diagnostics._drift import WeightDrift
-from tl_lightning.diagnostics._inputs import Inputs, InputFn, batch_inputs, num_rows, take_rows, to_cpu_copy, to_device
+from tl_lightning.diagnostics._inputs import (
+    InputFn,
+    Inputs,
+    batch_inputs,
+    num_rows,
+    take_rows,
+    to_cpu_copy,
+    to_device,
+)
 from tl_lightning.diagnostics.cka import gram, gram_cka
 from tl_lightning.errors import ConfigurationError
 
@@ -225,13 +233,17 @@ class ForgettingMonitor(Callback):
             capture.detach()
             for m, training in modes:  # exactly as before: frozen BatchNorm stays in eval mode
                 m.training = training
-        return {name: {"gram": gram(a).cpu(), "pooled": pooled(a).cpu()} for name, a in capture.outputs.items()}
+        return {
+            name: {"gram": gram(a).cpu(), "pooled": pooled(a).cpu()} for name, a in capture.outputs.items()
+        }
 
     def _take_reference(self, pl_module: nn.Module, trainer: pl.Trainer) -> None:
         self._reference = self._representations(pl_module)
         n = num_rows(self._probe) if self._probe is not None else 0
         if self.debiased and n < 4:
-            rank_zero_warn(f"ForgettingMonitor: the probe batch has {n} example(s); debiased CKA needs 4, so plain CKA is used")
+            rank_zero_warn(
+                f"ForgettingMonitor: the probe batch has {n} example(s); debiased CKA needs 4, so plain CKA is used"
+            )
         if trainer.global_step > 0 or trainer.ckpt_path is not None:
             rank_zero_info(
                 "[ForgettingMonitor] started on a resumed run without its saved state: drift and CKA are measured "
@@ -255,7 +267,9 @@ class ForgettingMonitor(Callback):
             if ref is None or ref["gram"].shape != now["gram"].shape:
                 continue
             out[f"cka/{name}"] = gram_cka(ref["gram"], now["gram"], debiased=debiased)
-            out[f"cos/{name}"] = float(torch.nn.functional.cosine_similarity(ref["pooled"], now["pooled"], dim=1).mean())
+            out[f"cos/{name}"] = float(
+                torch.nn.functional.cosine_similarity(ref["pooled"], now["pooled"], dim=1).mean()
+            )
         return out
 
     def weight_drift(self, pl_module: nn.Module) -> dict[str, float]:
@@ -287,7 +301,12 @@ class ForgettingMonitor(Callback):
 
     @override
     def on_validation_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if self._rank_zero and trainer.sanity_checking and self._probe is None and self._reference is None:
             self._capture_probe(batch)
@@ -302,7 +321,9 @@ class ForgettingMonitor(Callback):
         self._probe = to_cpu_copy(take_rows(inputs, self.probe_size))
 
     @override
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if not self._rank_zero or self._reference is not None:
             return
         if self._probe is None:

@@ -32,7 +32,7 @@ from tl_lightning.diagnostics._text_checks import (
 )
 from tl_lightning.errors import ConfigurationError
 
-__all__ = ["InputCheck", "find_expected_preprocess", "CHECKS"]
+__all__ = ["CHECKS", "InputCheck", "find_expected_preprocess"]
 
 #: the checks InputCheck runs; each can be switched off with ``ignore=[...]``
 CHECKS = ("normalization", "bgr", "grayscale", "size", "tokenizer", "unknown_tokens", "truncation")
@@ -69,9 +69,15 @@ def find_expected_preprocess(
     root = _get_attr_path(pl_module, groups) if isinstance(groups, str) else pl_module
     backbones = _find_backbones(root)
     backbone: Backbone | None = backbones[0][1] if len(backbones) == 1 else None
-    timm_model = None if backbone is not None else next((m for m in root.modules() if _timm_preprocess(m)), None)
+    timm_model = (
+        None if backbone is not None else next((m for m in root.modules() if _timm_preprocess(m)), None)
+    )
     pretrained: tuple[int, int] | None = None
-    if backbone is not None and backbone.pretrained_source is not None and isinstance(backbone.preprocess, ImagePreprocess):
+    if (
+        backbone is not None
+        and backbone.pretrained_source is not None
+        and isinstance(backbone.preprocess, ImagePreprocess)
+    ):
         pretrained = backbone.preprocess.image_size
     elif timm_model is not None:
         tp = _timm_preprocess(timm_model)
@@ -82,7 +88,11 @@ def find_expected_preprocess(
     if backbone is not None:
         return backbone.preprocess, pretrained, f"its Backbone {backbone.name or type(backbone).__name__!r}"
     if timm_model is not None:
-        return _timm_preprocess(timm_model), pretrained, f"the pretrained_cfg of timm model {type(timm_model).__name__}"
+        return (
+            _timm_preprocess(timm_model),
+            pretrained,
+            f"the pretrained_cfg of timm model {type(timm_model).__name__}",
+        )
     return None, None, ""
 
 
@@ -155,8 +165,13 @@ class InputCheck(Callback):
         if pretrained_size is not None:
             size = list(pretrained_size)
             if len(size) != 2:
-                raise ConfigurationError(f"pretrained_size must be an int or (height, width), got {pretrained_size!r}")
-            pretrained_size = (check_int("pretrained_size[0]", size[0], low=1), check_int("pretrained_size[1]", size[1], low=1))
+                raise ConfigurationError(
+                    f"pretrained_size must be an int or (height, width), got {pretrained_size!r}"
+                )
+            pretrained_size = (
+                check_int("pretrained_size[0]", size[0], low=1),
+                check_int("pretrained_size[1]", size[1], low=1),
+            )
         if groups is not None and not isinstance(groups, str):
             raise ConfigurationError(f"groups must be an attribute path such as 'model', got {groups!r}")
         ignore = [ignore] if isinstance(ignore, str) else list(ignore)
@@ -207,7 +222,9 @@ class InputCheck(Callback):
             self._limit = position_limit(pl_module, found.tokenizer)
 
     @override
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._done:
             return
         if self._seen == 0:
@@ -229,10 +246,14 @@ class InputCheck(Callback):
         where = f"InputCheck (expected preprocessing from {self._source})"
         if isinstance(self._expected, ImagePreprocess):
             if not isinstance(inputs, Tensor):
-                self._finish(f"{where}: the model takes images but the batches hold {type(inputs).__name__}; nothing was checked")
+                self._finish(
+                    f"{where}: the model takes images but the batches hold {type(inputs).__name__}; nothing was checked"
+                )
                 return
             if inputs.ndim != 4:
-                self._finish(f"{where}: image batches should be (N, C, H, W), got shape {tuple(inputs.shape)}; nothing was checked")
+                self._finish(
+                    f"{where}: image batches should be (N, C, H, W), got shape {tuple(inputs.shape)}; nothing was checked"
+                )
                 return
             check_channels(inputs, self._expected.input_size[0], where)
             if self._image is None:
@@ -241,10 +262,14 @@ class InputCheck(Callback):
         else:
             assert isinstance(self._expected, TextPreprocess) and self._facts is not None
             if isinstance(inputs, Tensor) and inputs.is_floating_point():
-                self._finish(f"{where}: the model takes token ids but the batches hold a float tensor; nothing was checked")
+                self._finish(
+                    f"{where}: the model takes token ids but the batches hold a float tensor; nothing was checked"
+                )
                 return
             if not isinstance(inputs, Tensor) and "input_ids" not in inputs:
-                self._finish(f"{where}: text batches hold no 'input_ids' (keys {sorted(inputs)}); nothing was checked")
+                self._finish(
+                    f"{where}: text batches hold no 'input_ids' (keys {sorted(inputs)}); nothing was checked"
+                )
                 return
             if self._text is None:
                 self._text = TextStats()

@@ -23,10 +23,16 @@ from typing_extensions import override
 from tl_lightning._targets import FineTuneTargets, GroupsSpec, HeadSpec, resolve_targets, shared_groups
 from tl_lightning.describe import table_of
 from tl_lightning.diagnostics._drift import WeightDrift
-from tl_lightning.diagnostics._output import log_image, new_figure, require_matplotlib, resolve_dir, save_figure
+from tl_lightning.diagnostics._output import (
+    log_image,
+    new_figure,
+    require_matplotlib,
+    resolve_dir,
+    save_figure,
+)
 from tl_lightning.diagnostics.curves import RunCurves, plot_lr_curves, plot_metric_curves
 
-__all__ = ["LayerMap", "draw_layer_map", "STATE_COLORS"]
+__all__ = ["STATE_COLORS", "LayerMap", "draw_layer_map"]
 
 #: box colour of each state (RGB hex), also the legend's
 STATE_COLORS = {
@@ -75,7 +81,11 @@ def draw_layer_map(
         state = "head" if r["index"] is None else str(r["state"])
         share = int(r["params"]) / largest
         length = width * max(0.04, math.sqrt(share))  # sqrt: a 100x smaller group is still visible
-        ax.add_patch(Rectangle((0.0, y + 0.12), length, 0.76, facecolor=STATE_COLORS.get(state, "#ffffff"), edgecolor="none"))
+        ax.add_patch(
+            Rectangle(
+                (0.0, y + 0.12), length, 0.76, facecolor=STATE_COLORS.get(state, "#ffffff"), edgecolor="none"
+            )
+        )
         prefix = "" if r["index"] is None else f"{r['index']}  "
         label = f"{prefix}{r['name']}  ({_count(int(r['params']))} params)"
         inside = length > 0.33
@@ -91,15 +101,23 @@ def draw_layer_map(
         group_drift = drift.get(str(r["name"]))
         side = f"lr {r['lr'] or '-'}"
         if r["index"] is not None:
-            side += "   drift " + (f"{group_drift:.3g}" if group_drift is not None and math.isfinite(group_drift) else "-")
+            side += "   drift " + (
+                f"{group_drift:.3g}" if group_drift is not None and math.isfinite(group_drift) else "-"
+            )
         ax.text(width + 0.03, y + 0.5, side, va="center", fontsize=8)
     ax.set_xlim(0, 1)
     ax.set_ylim(-0.2, n + 0.2)
     ax.set_axis_off()
     ax.annotate("input", (0.0, n + 0.1), fontsize=8, color="#555555", annotation_clip=False)
     ax.annotate("output", (0.0, -0.35), fontsize=8, color="#555555", annotation_clip=False)
-    ax.annotate("box length ~ sqrt(parameter count)", (1.0, -0.35), fontsize=7, color="#777777", ha="right",
-                annotation_clip=False)
+    ax.annotate(
+        "box length ~ sqrt(parameter count)",
+        (1.0, -0.35),
+        fontsize=7,
+        color="#777777",
+        ha="right",
+        annotation_clip=False,
+    )
     handles = [Patch(facecolor=c, label=s) for s, c in STATE_COLORS.items()]
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
     if title:
@@ -227,7 +245,9 @@ class LayerMap(Callback):
             self.draw(trainer, pl_module)
 
     @override
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._maybe_draw(trainer, pl_module)
 
     @override

@@ -34,11 +34,22 @@ from typing_extensions import override
 
 from tl_lightning._checks import check_choice, check_fraction
 from tl_lightning.diagnostics._inputs import InputFn, batch_inputs
-from tl_lightning.diagnostics._metrics import COLUMNS, confusion_matrix, multilabel_report, report_from_confusion
-from tl_lightning.diagnostics._output import log_image, new_figure, require_matplotlib, resolve_dir, save_figure
+from tl_lightning.diagnostics._metrics import (
+    COLUMNS,
+    confusion_matrix,
+    multilabel_report,
+    report_from_confusion,
+)
+from tl_lightning.diagnostics._output import (
+    log_image,
+    new_figure,
+    require_matplotlib,
+    resolve_dir,
+    save_figure,
+)
 from tl_lightning.errors import ConfigurationError
 
-__all__ = ["PerClassReport", "plot_confusion_matrix", "gather_rows"]
+__all__ = ["PerClassReport", "gather_rows", "plot_confusion_matrix"]
 
 Task = Literal["multiclass", "multilabel"]
 # logging one metric per class floods the loggers beyond this many classes
@@ -64,7 +75,11 @@ def gather_rows(trainer: pl.Trainer, rows: Tensor, device: torch.device) -> Tens
 
 def _served_indices(loader: Any) -> list[int] | None:
     """Dataset indices in the order ``loader`` serves them, when that order is fixed (else ``None``)."""
-    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset) or loader.batch_sampler is None:
+    if (
+        not isinstance(loader, DataLoader)
+        or isinstance(loader.dataset, IterableDataset)
+        or loader.batch_sampler is None
+    ):
         return None
     first = [int(i) for batch in loader.batch_sampler for i in batch]
     second = [int(i) for batch in loader.batch_sampler for i in batch]
@@ -87,8 +102,15 @@ def plot_confusion_matrix(cm: Tensor, labels: Sequence[str], path: Path, title: 
     if n <= 25:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
-                        color="white" if shares[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(int(cm[i, j])),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if shares[i, j] > 0.5 else "black",
+                )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title or "confusion matrix")
@@ -102,8 +124,12 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[
         writer = csv.writer(f)
         writer.writerow(columns)
         for row in rows:
-            writer.writerow(["" if row.get(c) is None else (f"{row[c]:.6f}" if isinstance(row[c], float) else row[c])
-                             for c in columns])
+            writer.writerow(
+                [
+                    "" if row.get(c) is None else (f"{row[c]:.6f}" if isinstance(row[c], float) else row[c])
+                    for c in columns
+                ]
+            )
     return path
 
 
@@ -239,7 +265,9 @@ class PerClassReport(Callback):
         if dataloader_idx != 0:
             if not self._warned_loaders:
                 self._warned_loaders = True
-                rank_zero_warn("PerClassReport reports on the first test dataloader only; the others are left out")
+                rank_zero_warn(
+                    "PerClassReport reports on the first test dataloader only; the others are left out"
+                )
             return
         values, targets, kind = self._outputs(pl_module, outputs, batch)
         preds = self._to_preds(values, kind, targets, pl_module)
@@ -293,7 +321,9 @@ class PerClassReport(Callback):
         count = int(preds.shape[1]) if preds.ndim == 2 else int(preds.max()) + 1 if preds.numel() else 0
         return [str(i) for i in range(count)]
 
-    def _report(self, preds: Tensor, targets: Tensor, labels: Sequence[str]) -> tuple[list[dict[str, Any]], Tensor | None]:
+    def _report(
+        self, preds: Tensor, targets: Tensor, labels: Sequence[str]
+    ) -> tuple[list[dict[str, Any]], Tensor | None]:
         if self._task == "multilabel":
             return multilabel_report(preds, targets, labels), None
         cm = confusion_matrix(preds, targets, len(labels))
