@@ -29,6 +29,10 @@ features, to permuting the class labels, to scaling the features by a constant a
 them (the shrinkage target ``mu I`` and the Ledoit-Wolf ``a`` are rotation invariant); with no
 shrinkage also invariant to any invertible linear map of the features.
 
+Small samples: with a few dozen samples Ledoit-Wolf can choose ``a = 1`` (the sample
+covariance is judged pure noise), and ``H_a`` is then 0 whatever the features; rank candidates
+on a few hundred samples or more, or fix ``shrinkage``.
+
 Cost: one eigendecomposition of the smaller of ``X^T X`` (``d x d``) and ``X X^T`` (``n x n``).
 """
 
