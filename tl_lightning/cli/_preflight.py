@@ -32,8 +32,7 @@ __all__ = [
 _HYDRA_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
 
 
-def _parameters(target: Any) -> tuple[list[str], bool]:
-    """Keyword parameter names of a class's ``__init__`` or a function, and whether it takes ``**kwargs``."""
+def _own_parameters(target: Any) -> tuple[list[str], bool]:
     try:
         signature = inspect.signature(target)
     except (TypeError, ValueError):
@@ -45,6 +44,30 @@ def _parameters(target: Any) -> tuple[list[str], bool]:
         elif p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
             names.append(p.name)
     return names, var_kw
+
+
+def _parameters(target: Any) -> tuple[list[str], bool]:
+    """Keyword parameter names of a class's ``__init__`` or a function, and whether it takes ``**kwargs``.
+
+    A tl_lightning class whose ``__init__`` passes ``**kwargs`` to its parent
+    (``LastAndBestCheckpoint(ModelCheckpoint)``) also takes the parent's arguments. Other
+    classes taking ``**kwargs`` may use them for anything: they are not checked.
+    """
+    if not inspect.isclass(target):
+        return _own_parameters(target)
+    names: list[str] = []
+    for cls in target.__mro__:
+        if "__init__" not in vars(cls):
+            continue
+        if cls is object:
+            return names, False
+        own, var_kw = _own_parameters(cls.__init__)
+        names += [n for n in own if n != "self" and n not in names]
+        if not var_kw:
+            return names, False
+        if not cls.__module__.startswith("tl_lightning."):
+            break
+    return names, True
 
 
 def check_target_arguments(node: Any, key: str) -> None:
