@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -126,10 +127,48 @@ class FSDP2Strategy(ModelParallelStrategy):
         self.reshard_after_forward = bool(reshard_after_forward)
 
     @override
+    def setup(self, trainer: Any) -> None:
+        _refuse_unsupported_callbacks(trainer.callbacks, type(self).__name__)
+        super().setup(trainer)
+
+    @override
     def setup_environment(self) -> None:
         self._data_parallel_size = self.num_nodes * self.num_processes
         self._tensor_parallel_size = 1
         super().setup_environment()
+
+    @override
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        from lightning.fabric.strategies.model_parallel import _load_checkpoint
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        path = Path(self.broadcast(checkpoint_path))
+        module = self.lightning_module
+        assert self.model is not None and module is not None
+        trainer = module._trainer
+        fitting = trainer is not None and trainer.state.fn == TrainerFn.FITTING
+        # validate / test / predict after fit: the weights only (the optimizer of the fit may have
+        # state for groups the checkpoint's optimizer had none for)
+        optimizers = {f"optimizer_{i}": opt for i, opt in enumerate(self.optimizers)} if fitting else {}
+        state: dict[str, Any] = {"state_dict": self.model, **optimizers}
+        # The optimizer state is loaded into a structure built from the parameters that require grad
+        # now, before the callbacks' state (what was unfrozen) is restored: make exactly the
+        # parameters that had optimizer state when the checkpoint was saved trainable meanwhile, or
+        # the state of the groups unfrozen then is dropped and the resumed run diverges.
+        saved = _params_with_optimizer_state(path, self.model, len(optimizers))
+        params = dict(self.model.named_parameters())
+        before = {name: p.requires_grad for name, p in params.items()}
+        try:
+            if saved is not None:
+                for name, p in params.items():
+                    p.requires_grad_(name in saved)
+            return _load_checkpoint(
+                path=path, state=state, strict=module.strict_loading, optimizer_states_from_list=True,
+                weights_only=weights_only,
+            )
+        finally:
+            for name, p in params.items():
+                p.requires_grad_(before[name])
 
     def param_dtype(self) -> torch.dtype | None:
         """The dtype parameters are gathered and computed in (``None``: their own)."""
@@ -140,6 +179,46 @@ class FSDP2Strategy(ModelParallelStrategy):
                 return torch.bfloat16
             return None
         return _DTYPES.get(choice)
+
+
+def _refuse_unsupported_callbacks(callbacks: Sequence[Any], strategy: str) -> None:
+    """tl_lightning fine-tuning callbacks not (yet) checked on sharded models are refused, never run wrong.
+
+    A callback declares support with a class attribute ``supports_sharding = True`` (it finds its
+    parameters again after ``configure_model`` and keeps no per-rank shards in its checkpoint state).
+    """
+    for cb in callbacks:
+        module = type(cb).__module__
+        if module.startswith("tl_lightning.finetune") and not getattr(cb, "supports_sharding", False):
+            raise ConfigurationError(
+                f"{type(cb).__name__} does not support sharded training ({strategy}) yet: it holds parameters or "
+                "reference weights that FSDP2 replaces by shards. Fix: train with DDP (trainer=ddp or "
+                "trainer=ddp_sim), or drop the callback"
+            )
+
+
+def _params_with_optimizer_state(path: Path, module: nn.Module, n_optimizers: int) -> set[str] | None:
+    """Names of the parameters with optimizer state in a checkpoint (``None``: no optimizer state saved)."""
+    if not n_optimizers:
+        return None
+    names = [n for n, _ in module.named_parameters()]
+    if path.is_dir():
+        from torch.distributed.checkpoint import FileSystemReader
+
+        keys = list(FileSystemReader(path).read_metadata().state_dict_metadata)
+        prefixes = tuple(f"optimizer_{i}.state." for i in range(n_optimizers))
+        stated = [k for k in keys if k.startswith(prefixes)]
+        if not stated:
+            return None
+        return {n for n in names if any(k.split(".state.", 1)[1].startswith(n + ".") for k in stated)}
+    from lightning.fabric.strategies.model_parallel import _rekey_optimizer_state_if_needed
+
+    checkpoint = torch.load(path, mmap=True, map_location="cpu", weights_only=False)
+    found: set[str] = set()
+    for state in checkpoint.get("optimizer_states", [])[:n_optimizers]:
+        if state.get("state"):
+            found |= {str(k) for k in _rekey_optimizer_state_if_needed(state, module)["state"]}
+    return found or None
 
 
 def is_sharded(module: nn.Module) -> bool:
@@ -372,3 +451,25 @@ def consolidate_checkpoint(folder: str | Path, output: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, out)
     return out
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tl_lightning.sharding",
+        description="Turn a sharded checkpoint folder (trainer=fsdp) into one plain checkpoint file.",
+    )
+    parser.add_argument("folder", help="the sharded checkpoint, e.g. <run>/checkpoints/last.ckpt")
+    parser.add_argument("output", help="the plain checkpoint file to write")
+    args = parser.parse_args(argv)
+    try:
+        out = consolidate_checkpoint(args.folder, args.output)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    _main()
