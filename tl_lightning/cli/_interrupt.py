@@ -73,6 +73,15 @@ class RunInterrupted(BaseException):
         return 128 + int(self.signum)
 
 
+def _say(message: str) -> None:
+    # os.write, not print: a handler that prints while the interrupted code is printing (the
+    # progress bar) raises "reentrant call" on the buffered stream
+    try:
+        os.write(sys.stderr.fileno(), f"\n{message}\n".encode())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def _last_checkpoint(trainer: pl.Trainer) -> str | None:
     callback = trainer.checkpoint_callback
     path = getattr(callback, "last_model_path", "") or ""
@@ -135,14 +144,13 @@ class InterruptHandler(Callback):
             self._first_at = now
         name = signal.Signals(signum).name
         if self.count > 1:
-            print(f"\ntl-train: second {name}: stopping now, without saving a checkpoint", file=sys.stderr, flush=True)
+            _say(f"tl-train: second {name}: stopping now, without saving a checkpoint")
             raise KeyboardInterrupt
         if os.environ.get("LOCAL_RANK", "0") == "0":
-            print(
-                f"\ntl-train: {name} received: stopping at the end of this training step and saving "
-                "checkpoints/last.ckpt (send it again to stop at once, without saving)",
-                file=sys.stderr,
-                flush=True,
+            _say(
+                f"tl-train: {name} received: stopping after this training step (after the validation, at the "
+                "end of an epoch) with a resumable checkpoints/last.ckpt; send it again to stop at once, "
+                "without saving"
             )
         launcher = getattr(getattr(self._trainer, "strategy", None), "launcher", None)
         if launcher is not None and hasattr(launcher, "kill"):
