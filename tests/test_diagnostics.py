@@ -75,6 +75,13 @@ def test_normalized_twice_fires(resnet: Any, preprocess: str) -> None:
     assert "normalized twice" in cb.findings[0].message
 
 
+def test_hugging_face_style_image_batches_are_checked(resnet: Any) -> None:
+    p = resnet.preprocess.with_size(32)
+    again = v2.Normalize(mean=list(p.mean), std=list(p.std))
+    batches = [{"pixel_values": again(x), "labels": y} for x, y in _normalized(p)]
+    assert run_check(InputCheck(), resnet, batches) == ["normalization"]
+
+
 @pytest.mark.parametrize("normalize", [True, False])
 def test_0_255_pixels_fire(resnet: Any, normalize: bool) -> None:
     p = IMAGENET

@@ -87,6 +87,16 @@ def test_layer_map_pictures_at_start_unfreeze_and_end(tmp_path: Path) -> None:
         assert img.size[0] > 1000  # loss, acc, f1 panels side by side
 
 
+def test_layer_map_on_a_plain_module_without_drift(tmp_path: Path) -> None:
+    from diagnostics_models import ScriptedModule, vector_loader
+
+    layer_map = LayerMap(dirpath=tmp_path, groups="model", track_drift=False, curves=False)
+    trainer(tmp_path, [layer_map], max_epochs=1).fit(ScriptedModule(), vector_loader())
+    assert [p.name for p in layer_map.pictures] == ["layer_map_0_0.png", "layer_map_1_4.png"]
+    assert layer_map.state_dict()["w0"]["w0"] == {}  # no copy of the weights kept
+    assert layer_map.curves.lrs == {}
+
+
 def test_layer_map_state_is_plain(tmp_path: Path) -> None:
     layer_map = LayerMap(dirpath=tmp_path)
     layer_map._last = ["frozen", "trainable"]

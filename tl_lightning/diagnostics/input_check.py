@@ -8,7 +8,7 @@ the model's preprocessing, and warns once with what it expected, what it saw and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -245,6 +245,8 @@ class InputCheck(Callback):
             return
         where = f"InputCheck (expected preprocessing from {self._source})"
         if isinstance(self._expected, ImagePreprocess):
+            if isinstance(inputs, Mapping) and isinstance(inputs.get("pixel_values"), Tensor):
+                inputs = inputs["pixel_values"]  # a Hugging Face style image batch
             if not isinstance(inputs, Tensor):
                 self._finish(
                     f"{where}: the model takes images but the batches hold {type(inputs).__name__}; nothing was checked"

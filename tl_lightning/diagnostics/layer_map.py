@@ -17,6 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
@@ -139,7 +140,9 @@ class LayerMap(Callback):
 
     The drift beside each group comes from a :class:`~tl_lightning.diagnostics.ForgettingMonitor`
     of the same Trainer when there is one; otherwise (``track_drift=True``) the callback keeps
-    its own copy of the starting weights on the CPU, in its checkpoint state.
+    its own copy of the starting weights on the CPU, in its checkpoint state. Under a strategy
+    that shards the weights (FSDP), reading them on rank 0 alone is not possible: the maps are
+    drawn without drift (said once in the log).
 
     Args:
         dirpath: Folder of the pictures.
@@ -185,6 +188,8 @@ class LayerMap(Callback):
         self._dir: Path | None = None
         self._rank_zero = True
         self._monitor: Any = None
+        self._trainer: pl.Trainer | None = None
+        self._sharded = False
 
     @property
     @override
@@ -203,7 +208,8 @@ class LayerMap(Callback):
             return
         self._last = state_dict.get("last")
         self.curves.load_state_dict(state_dict.get("curves") or {})
-        self._drift.load_state_dict(state_dict.get("w0") or {})
+        module = self._trainer.lightning_module if self._trainer is not None else None
+        self._drift.load_state_dict(state_dict.get("w0") or {}, module)
 
     # ----------------------------------------------------------------- hooks
     @override
@@ -213,13 +219,25 @@ class LayerMap(Callback):
         self._targets = resolve_targets(pl_module, shared_groups(trainer, self, self.groups), self.head)
         self._dir = resolve_dir(trainer, self.dirpath)  # every rank: trainer.log_dir broadcasts
         self._rank_zero = trainer.is_global_zero
+        self._trainer = trainer
         from tl_lightning.diagnostics.forgetting import ForgettingMonitor
 
         self._monitor = next((cb for cb in trainer.callbacks if isinstance(cb, ForgettingMonitor)), None)
+        self._sharded = not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy))
+        if self._sharded and self.track_drift:
+            rank_zero_info(
+                f"[LayerMap] {type(trainer.strategy).__name__} shards the weights: the layer maps show no drift"
+            )
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._rank_zero and self.track_drift and self._monitor is None and not self._drift:
+        if (
+            self._rank_zero
+            and self.track_drift
+            and not self._sharded
+            and self._monitor is None
+            and not self._drift
+        ):
             self._drift.snapshot(pl_module.named_parameters())
 
     @override
@@ -284,6 +302,8 @@ class LayerMap(Callback):
 
     # ----------------------------------------------------------------- drawing
     def _drift_now(self, pl_module: pl.LightningModule) -> dict[str, float]:
+        if self._sharded or not self.track_drift:
+            return {}
         if self._monitor is not None:
             return self._monitor.weight_drift(pl_module)
         if self._drift and self._targets is not None:
