@@ -222,3 +222,14 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path: Path)
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
 
+
+
+def test_finished_run_extended_with_more_epochs_is_exact(image_root: Path, tmp_path: Path) -> None:
+    """1 epoch, then resumed with trainer.max_epochs=3 (`tl-train --resume <run> trainer.max_epochs=3`),
+    equals 3 epochs straight (a constant learning rate: a schedule's length depends on max_epochs)."""
+    constant = ["scheduler=constant"]
+    reference = run(image_root, tmp_path / "straight", constant)
+    run(image_root, tmp_path / "extended", [*constant, "trainer.max_epochs=1"])
+    last = tmp_path / "extended" / "checkpoints" / "last.ckpt"
+    resumed = run(image_root, tmp_path / "extended", [*constant, f"ckpt_path={last}"])
+    assert_same_run(tmp_path / "extended", resumed, tmp_path / "straight", reference)
