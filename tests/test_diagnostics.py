@@ -30,7 +30,7 @@ from tl_lightning.diagnostics import (
     gram_cka,
     linear_cka,
 )
-from tl_lightning.errors import ConfigurationError, DataError
+from tl_lightning.errors import CheckpointError, ConfigurationError, DataError
 
 IMAGENET = ImagePreprocess(input_size=(3, 32, 32))  # ImageNet mean / std: R > G > B
 
@@ -289,6 +289,34 @@ def test_cka_of_identical_activations_is_one_and_of_independent_ones_small() -> 
 
 
 # ---------------------------------------------------------------------------------- forgetting
+@pytest.mark.parametrize("device", ["cpu", "param"])
+def test_weight_drift_is_the_relative_change_per_group(device: str) -> None:
+    from torch import nn
+
+    from tl_lightning.backbones import LayerGroup
+    from tl_lightning.diagnostics._drift import WeightDrift
+
+    net = nn.Sequential(nn.Linear(2, 1, bias=False), nn.Linear(1, 1, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[3.0, 4.0]]))
+        net[1].weight.fill_(2.0)
+    groups = [
+        LayerGroup("a", (("0.weight", net[0].weight),)),
+        LayerGroup("b", (("1.weight", net[1].weight),)),
+    ]
+    drift = WeightDrift(device)
+    drift.snapshot(net.named_parameters())
+    assert drift.measure(net, groups) == {"a": 0.0, "b": 0.0}
+    with torch.no_grad():
+        net[0].weight.add_(torch.tensor([[0.3, 0.4]]))  # moves by 0.5 on a norm of 5
+    assert drift.measure(net, groups) == pytest.approx({"a": 0.1, "b": 0.0})
+    restored = WeightDrift(device)
+    restored.load_state_dict(drift.state_dict(), net)
+    assert restored.measure(net, groups) == pytest.approx({"a": 0.1, "b": 0.0})
+    with pytest.raises(CheckpointError, match="do not fit this model"):
+        restored.load_state_dict({"w0": {"0.weight": torch.zeros(3)}}, net)
+
+
 class MeasureAtStart(ForgettingMonitor):
     """Records what the monitor measures right before the first optimizer step."""
 

@@ -161,7 +161,6 @@ class ForgettingMonitor(Callback):
                     "tensor or a mapping of tensors), an (inputs, targets) pair, or input_fn="
                 )
             self._probe = to_cpu_copy(take_rows(inputs, self.probe_size))
-        self._given_probe = self._probe is not None
         # progress (checkpointed)
         self._drift = WeightDrift(w0_device)
         self._reference: dict[str, dict[str, Tensor]] | None = None
@@ -202,10 +201,11 @@ class ForgettingMonitor(Callback):
             return  # ranks other than 0 measure nothing, so they keep no copy of the weights
         module = self._trainer.lightning_module if self._trainer is not None else None
         self._drift.load_state_dict(state_dict.get("w0") or {}, module)
-        probe = state_dict.get("probe")
-        if probe is not None and not self._given_probe:
-            self._probe = probe
-        self._reference = state_dict.get("reference")
+        # the saved reference belongs to the saved probe, so both come back together (a probe_batch given
+        # to the resumed run is not used: it has no reference)
+        if state_dict.get("reference") is not None and state_dict.get("probe") is not None:
+            self._probe = state_dict["probe"]
+            self._reference = state_dict["reference"]
         self.history = state_dict.get("history") or self._empty_history()
         self._warned = bool(state_dict.get("warned", False))
 
