@@ -136,7 +136,7 @@ def expand_resume(argv: Sequence[str]) -> list[str]:
     if not last.is_file():
         raise ConfigurationError(
             f"--resume {folder!r}: the run saved no checkpoint (no checkpoints/last.ckpt), so there is nothing to "
-            "continue. Fix: start it again with the same overrides"
+            f"continue. Fix: start it again with its overrides ({overrides_yaml}) in a new folder"
         )
     saved = [str(o) for o in OmegaConf.to_container(OmegaConf.load(overrides_yaml)) or []]  # type: ignore[union-attr]
     hydra_yaml = run / ".hydra" / "hydra.yaml"
