@@ -232,6 +232,13 @@ def test_exact_resume_on_a_user_module_and_another_base_is_refused(tmp_path: Pat
     assert set(full) == set(resumed) and all(torch.equal(full[k], resumed[k]) for k in full)
     with pytest.raises(CheckpointError, match="digest"):
         _fit_boring(tmp_path / "other", max_epochs=4, ckpt_path=ckpt, seed=1)
+    # a checkpoint of full fine-tuning is not silently half-loaded into a LoRA run
+    full_ckpt = tmp_path / "plain.ckpt"
+    t = trainer(tmp_path, [], max_steps=1)
+    t.fit(BoringFT())
+    t.save_checkpoint(full_ckpt)
+    with pytest.raises(CheckpointError, match="no LoRA adapter"):
+        _fit_boring(tmp_path / "mixed", max_epochs=4, ckpt_path=full_ckpt)
 
 
 @pytest.mark.ddp

@@ -82,16 +82,25 @@ def _same_config(adapter: LoraAdapter, record: dict[str, Any]) -> list[str]:
 def restore_adapter(pl_module: nn.Module, checkpoint: dict[str, Any]) -> LoraAdapter | None:
     """Prepare ``pl_module`` to load a LoRA ``checkpoint``: same adapter, same base, complete state dict.
 
-    No-op for a checkpoint without an adapter record. Idempotent.
+    No-op for a checkpoint without an adapter record (a weights-only checkpoint of a module with
+    an adapter holds every weight). Idempotent.
 
     Raises:
-        CheckpointError: the module already has an adapter of another configuration, or its base
-            weights differ from the ones the adapter was trained on (both digests named).
+        CheckpointError: the module already has an adapter of another configuration, its base
+            weights differ from the ones the adapter was trained on (both digests named), or it
+            has an adapter and the checkpoint none at all.
     """
     record = checkpoint.get(ADAPTER_KEY)
-    if not record:
-        return None
     adapter = get_adapter(pl_module)
+    if not record:
+        state = checkpoint.get("state_dict")
+        if adapter is not None and isinstance(state, dict) and state and not any(".lora_" in k for k in state):
+            raise CheckpointError(
+                "this checkpoint has no LoRA adapter (a checkpoint of full fine-tuning or another strategy?) but the "
+                "model has one. Fix: resume it with the strategy it was trained with (not finetune=lora), or start "
+                "a new LoRA run from the pretrained backbone without ckpt_path"
+            )
+        return None
     if adapter is None:
         root = str(record["root"])
         try:
