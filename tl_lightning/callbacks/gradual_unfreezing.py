@@ -339,7 +339,8 @@ class GradualUnfreezing(Callback):
             return []
         names = self._targets.names
         unfrozen = list(self._unfrozen if self._unfrozen is not None else self._initial())
-        lines = [f"start: {', '.join(unfrozen) or 'head only'} trainable"]
+        label = "start" if self._plan.current < 0 else f"now (phase {self._plan.current})"
+        lines = [f"{label}: {', '.join(unfrozen) or 'head only'} trainable"]
         for i, phase in enumerate(self._plan.phases):
             if i <= self._plan.current:
                 continue

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tl_lightning.errors import ConfigurationError
+from tl_lightning.transferability._scores import COST_BUDGET, SCORE_LABELS
 
 if TYPE_CHECKING:
     from tl_lightning.transferability.ranking import Ranking
@@ -25,8 +26,6 @@ def _seconds(value: float) -> str:
 
 def ranking_markdown(ranking: Ranking) -> str:
     """The table, best first, then the notes and the cost line."""
-    from tl_lightning.transferability.ranking import COST_BUDGET, SCORE_LABELS
-
     header = ["rank", "candidate"]
     header += [SCORE_LABELS[s] + (" (primary)" if s == ranking.primary else "") for s in ranking.scores]
     header += ["dim", "seconds"]
@@ -70,8 +69,6 @@ def ranking_plot(ranking: Ranking, path: Path) -> Path:
         raise ConfigurationError(
             "Ranking.plot needs matplotlib; pip install matplotlib, or use to_markdown() / to_json()"
         ) from err
-    from tl_lightning.transferability.ranking import SCORE_LABELS
-
     names = [row.name for row in ranking.rows]
     k = len(ranking.scores)
     fig = Figure(figsize=(3.6 * k, 1.2 + 0.45 * len(names)), layout="constrained")

@@ -37,6 +37,7 @@ import numpy as np
 from tl_lightning._checks import check_choice, check_int, check_number
 from tl_lightning.errors import ConfigurationError, DataError, TLError
 from tl_lightning.transferability._inputs import _to_numpy
+from tl_lightning.transferability._scores import COST_BUDGET, SCORE_LABELS, SCORE_NAMES
 from tl_lightning.transferability.cost import fine_tune_cost_estimate
 from tl_lightning.transferability.hscore import check_shrinkage, h_score
 from tl_lightning.transferability.leep import leep
@@ -61,20 +62,7 @@ __all__ = [
     "rank_candidates",
 ]
 
-SCORE_NAMES: tuple[str, ...] = ("logme", "leep", "nce", "hscore", "linear_probe")
-"""Every score :func:`rank_candidates` can compute; higher is better for each."""
-
-SCORE_LABELS: dict[str, str] = {
-    "logme": "LogME",
-    "leep": "LEEP",
-    "nce": "NCE",
-    "hscore": "H-score",
-    "linear_probe": "linear probe acc",
-}
 _NEEDS_SOURCE = frozenset({"leep", "nce"})
-
-COST_BUDGET = 0.05
-"""Most a ranking may cost, as a share of the estimated cost of fine-tuning every candidate."""
 
 
 @dataclass(frozen=True)
