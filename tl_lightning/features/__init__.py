@@ -1,0 +1,1 @@
+"""Cached features for frozen backbones (work in progress)."""
