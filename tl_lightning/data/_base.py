@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from tl_lightning._plain import to_plain
 from tl_lightning.backbones._base import ImagePreprocess, PreprocessConfig, TextPreprocess
@@ -108,6 +108,7 @@ class ClassificationDataModule(LightningDataModule):
         model_labels: Sequence[str] | None = None,
         pin_memory: bool = False,
         drop_last: bool = False,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(batch_size, int) or batch_size <= 0:
@@ -130,6 +131,8 @@ class ClassificationDataModule(LightningDataModule):
         if not isinstance(drop_last, bool):
             raise ConfigurationError(f"drop_last must be true or false, got {drop_last!r}")
         self.drop_last = drop_last
+        #: folder of cached frozen-backbone features (tl_lightning.features); None: the run folder
+        self.cache_dir = None if cache_dir is None else str(cache_dir)
         self.model_labels: list[str] | None = _plain_list(model_labels)
         self.preprocess: PreprocessConfig | None = None
         self.predict_ids: list[str] = []
@@ -297,6 +300,28 @@ class ClassificationDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Batches of inputs only (no targets), in the order of :attr:`predict_ids`."""
         return self._loader("predict", shuffle=False)
+
+    def feature_dataset(self, split: str) -> Dataset:
+        """The ``split`` as frozen-backbone features are computed from it: deterministic inputs.
+
+        The training split without random augmentation; the other splits as they are. Used by
+        :mod:`tl_lightning.features` (cached features, the LP phase of LP-FT).
+        """
+        return self._dataset(split)
+
+    def feature_loader(self, split: str, indices: Sequence[int] | None = None, batch_size: int | None = None) -> DataLoader:
+        """A sequential loader over :meth:`feature_dataset` (optionally only ``indices``, in that order)."""
+        dataset = self.feature_dataset(split)
+        if indices is not None:
+            dataset = Subset(dataset, list(indices))
+        return DataLoader(
+            dataset,
+            batch_size=batch_size or self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=self._collate(split),
+            pin_memory=self.pin_memory,
+        )
 
     def split_sizes(self) -> dict[str, int]:
         """Number of samples per built split (after :meth:`setup`; ``setup("fit")`` builds train and val)."""

@@ -57,11 +57,58 @@ def _normalize() -> list[Any]:
     return [v2.ToDtype(torch.float32, scale=True)]
 
 
-def image_eval_transform(p: ImagePreprocess) -> v2.Compose:
+class _EvalResizeCrop:
+    """Resize to ``size / crop_pct`` (shorter side) and center crop ``size``; small images are not cropped.
+
+    An image whose shorter side is below the crop's is enlarged to fit anyway; resizing it past
+    the crop first (crop_pct's margin) and then cutting the margin off only removes content, at
+    no gain in resolution. Such images are resized with their shorter side to the crop's
+    (``crop_pct = 1``): a square image is the whole input, a non-square one loses only what
+    sticks out of the crop along its longer side. ``crop_small=True`` crops them like large ones
+    (the pretrained configuration's evaluation, as timm does it).
+    """
+
+    def __init__(self, size: tuple[int, int], crop_pct: float, interpolation: str, crop_small: bool = False) -> None:
+        self.size = (int(size[0]), int(size[1]))
+        self.crop_pct = float(crop_pct)
+        self.interpolation = interpolation
+        self.crop_small = bool(crop_small)
+
+    def _resize_to(self, pct: float) -> list[int]:
+        h, w = self.size
+        if h == w:
+            return [int(math.floor(h / pct))]  # shorter side, keeps aspect ratio
+        return [int(math.floor(h / pct)), int(math.floor(w / pct))]
+
+    def __call__(self, img: Any) -> Any:
+        pct = self.crop_pct
+        if not self.crop_small and pct < 1.0 and min(v2.functional.get_size(img)) < min(self.size):
+            pct = 1.0
+        img = v2.functional.resize(
+            img, self._resize_to(pct), interpolation=_INTERPOLATION[self.interpolation], antialias=True
+        )
+        return v2.functional.center_crop(img, list(self.size))
+
+    def __repr__(self) -> str:
+        small = "cropped" if self.crop_small else "not cropped"
+        return (
+            f"{type(self).__name__}(size={self.size}, crop_pct={self.crop_pct}, "
+            f"interpolation={self.interpolation}, images_smaller_than_crop={small})"
+        )
+
+
+def image_eval_transform(p: ImagePreprocess, crop_small: bool = False) -> v2.Compose:
     """Validation / test / predict transform: RGB, resize to ``size / crop_pct``, center crop, normalize.
+
+    Images smaller than the crop (shorter side below it) are resized with their shorter side to
+    the crop size instead, so the center crop removes nothing from a square image: enlarging a
+    64 px image to 256 px and cutting 224 px out of it only loses content (on 64 px digits with
+    EfficientNet-Lite0 the whole image scored higher, BENCHMARKS.md).
 
     Args:
         p: The backbone's image preprocessing.
+        crop_small: Crop images smaller than the crop like larger ones (the pretrained
+            configuration's resize-then-crop for every image).
 
     Returns:
         A ``torchvision.transforms.v2.Compose`` mapping a PIL image (or uint8 tensor) to a float
@@ -73,17 +120,11 @@ def image_eval_transform(p: ImagePreprocess) -> v2.Compose:
         >>> t(Image.new("L", (50, 40))).shape
         torch.Size([3, 32, 32])
     """
-    h, w = p.image_size
     crop_pct = p.crop_pct if p.crop_pct and p.crop_pct > 0 else 1.0
-    if h == w:
-        resize: int | list[int] = int(math.floor(h / crop_pct))  # shorter side, keeps aspect ratio
-    else:
-        resize = [int(math.floor(h / crop_pct)), int(math.floor(w / crop_pct))]
     return v2.Compose(
         [
             *_to_float_rgb(p),
-            v2.Resize(resize, interpolation=_INTERPOLATION[p.interpolation], antialias=True),
-            v2.CenterCrop((h, w)),
+            _EvalResizeCrop(p.image_size, crop_pct, p.interpolation, crop_small=crop_small),
             *_normalize(),
             v2.Normalize(mean=list(p.mean), std=list(p.std)),
         ]

@@ -107,7 +107,9 @@ class ImageFolderDataModule(ClassificationDataModule):
         test_dir: Test folder.
         predict_dir: Folder of unlabelled images for :meth:`predict_dataloader`.
         image_size: Override the backbone's input size (e.g. 32-64 px for fast runs).
-        augment: Random resized crop and horizontal flip on training images.
+        augment: Random resized crop and horizontal flip on training images. ``None`` (default):
+            on, except where training reads cached features (:mod:`tl_lightning.features`), which
+            need the same input every epoch; ``True`` there is an error naming both settings.
         on_bad_image: ``"error"`` raises a :class:`DataError` naming an unreadable file (or
             one whose mode cannot be decoded correctly, see :func:`decode_image`); ``"skip"``
             decodes every image once when the splits (or the predict set) are built, drops the
@@ -124,6 +126,9 @@ class ImageFolderDataModule(ClassificationDataModule):
         pin_memory: DataLoader ``pin_memory``.
         drop_last: Drop the last, incomplete training batch (training loader only), e.g. when
             :meth:`train_size` ``% batch_size == 1`` would leave BatchNorm a batch of one.
+        cache_dir: Folder for cached frozen-backbone features (``finetune=feature_extraction``,
+            ``lp_ft``); ``None``: ``feature_cache/`` in the run folder. A shared folder lets a
+            second run with the same backbone, data and settings reuse them.
 
     Images are decoded by :func:`~tl_lightning.data.decode_image` into the backbone's channels
     (``"RGB"``, or ``"L"`` when ``preprocess.input_size[0] == 1``): 16-bit images are scaled by
@@ -148,7 +153,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         test_dir: str | None = None,
         predict_dir: str | None = None,
         image_size: int | None = None,
-        augment: bool = True,
+        augment: bool | None = None,
         on_bad_image: Literal["error", "skip"] = "error",
         batch_size: int = 32,
         num_workers: int = 0,
@@ -158,6 +163,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         model_labels: Sequence[str] | None = None,
         pin_memory: bool = False,
         drop_last: bool = False,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -168,6 +174,7 @@ class ImageFolderDataModule(ClassificationDataModule):
             model_labels=model_labels,
             pin_memory=pin_memory,
             drop_last=drop_last,
+            cache_dir=cache_dir,
         )
         if root is not None and train_dir is not None:
             raise ConfigurationError(
@@ -290,7 +297,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         p = self.effective_preprocess()
         skip = self.on_bad_image == "skip"
         channels = int(p.input_size[0])
-        eval_t, train_t = image_eval_transform(p), image_train_transform(p, self.augment)
+        eval_t, train_t = image_eval_transform(p), image_train_transform(p, self.augment is not False)
         if stage == "predict":
             if self.predict_dir is None:
                 raise DataError("no predict_dir given: pass predict_dir=<folder of images> to predict")
@@ -322,6 +329,14 @@ class ImageFolderDataModule(ClassificationDataModule):
             "val": _ImageDataset(splits["val"], eval_t, skip, channels),
             "test": _ImageDataset(splits["test"], eval_t, skip, channels),
         }
+
+    @override
+    def feature_dataset(self, split: str) -> Dataset:
+        """The ``split``'s images under the eval transform (the training split without augmentation)."""
+        ds = cast(_ImageDataset, self._dataset(split))
+        if split != "train":
+            return ds
+        return _ImageDataset(ds.samples, image_eval_transform(self.effective_preprocess()), ds.skip_bad, ds.channels)
 
     @override
     def _collate(self, split: str) -> Any:

@@ -131,6 +131,9 @@ class TextClassificationDataModule(ClassificationDataModule):
         group_column: Column naming a subgroup of each row (a region, a source); read as
             written and given per test row by :meth:`test_groups`, so the per-class report can
             show the metrics of every subgroup. Needed only in the file the test rows come from.
+        cache_dir: Folder for cached frozen-backbone features (``finetune=feature_extraction``,
+            ``lp_ft``); ``None``: ``feature_cache/`` in the run folder. A shared folder lets a
+            second run with the same backbone, tokenizer settings and data reuse them.
 
     Example:
         >>> from tl_lightning.assets import rotten_tomatoes_path  # doctest: +SKIP
@@ -167,6 +170,7 @@ class TextClassificationDataModule(ClassificationDataModule):
         pin_memory: bool = False,
         drop_last: bool = False,
         group_column: str | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -177,6 +181,7 @@ class TextClassificationDataModule(ClassificationDataModule):
             model_labels=model_labels,
             pin_memory=pin_memory,
             drop_last=drop_last,
+            cache_dir=cache_dir,
         )
         if path is not None and train_path is not None:
             raise ConfigurationError(f"give path ({path!r}, split by fractions) or train_path ({train_path!r}), not both")

@@ -38,6 +38,8 @@ _INTERVALS = ("step", "epoch")
 _NONFINITE = ("error", "skip")
 # Keys this module writes into Lightning checkpoints next to the state dict.
 CHECKPOINT_KEY = "tl_lightning"
+#: batch input key of precomputed backbone features (tl_lightning.features): the head alone runs
+CACHED_FEATURES_KEY = "cached_features"
 
 
 def _resolve_labels(num_classes: int | None, labels: Sequence[str] | None) -> list[str]:
@@ -280,16 +282,35 @@ class TransferClassifier(LightningModule):
             settings = getattr(datamodule, "input_settings", None)
             self.set_preprocess(effective(), settings() if callable(settings) else None)
 
-    @override
-    def forward(self, x: Tensor | Mapping[str, Tensor]) -> Tensor:
-        """Logits ``(batch, num_classes)`` for an image tensor or a dict of tokenized tensors."""
+    def features(self, x: Tensor | Mapping[str, Tensor]) -> Tensor:
+        """Pooled backbone features ``(batch, feature_dim)`` of an input batch: what the head sees."""
         if self._channels_last and isinstance(x, Tensor) and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         # A fully frozen trunk (feature extraction) runs under no_grad: no graph, no saved
         # activations, whatever the inputs are.
         with no_grad_if_frozen(self.backbone):
-            features = self.backbone(x)
-        return self.head(features)
+            return self.backbone(x)
+
+    @override
+    def forward(self, x: Tensor | Mapping[str, Tensor]) -> Tensor:
+        """Logits ``(batch, num_classes)`` for an image tensor or a dict of tokenized tensors.
+
+        A dict ``{"cached_features": (batch, feature_dim) tensor}`` (batches of
+        :class:`~tl_lightning.features.CachedFeatureDataModule`) holds precomputed backbone
+        features: only the head runs.
+        """
+        if isinstance(x, Mapping) and CACHED_FEATURES_KEY in x:
+            return self.head(self._cached_features(x[CACHED_FEATURES_KEY]))
+        return self.head(self.features(x))
+
+    def _cached_features(self, features: Tensor) -> Tensor:
+        if features.ndim != 2 or features.shape[1] != self.backbone.feature_dim:
+            raise ConfigurationError(
+                f"cached features of shape {tuple(features.shape)} do not fit {self.hparams.backbone!r}, whose "
+                f"features are (batch, {self.backbone.feature_dim}); compute them with this model's backbone"
+            )
+        weight = next(self.head.parameters(), None)
+        return features if weight is None else features.to(weight.dtype)
 
     def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
         if self.task == "multiclass":
