@@ -176,7 +176,7 @@ def test_cli_multirun_sweeps_a_grid(image_root: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_cli_optuna_sweep_returns_the_metric(image_root: Path, tmp_path: Path) -> None:
     """hparams_search=optuna: every trial returns optimized_metric and the sweeper records the best."""
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the `sweeps` extra")
+    pytest.importorskip("optuna", minversion="4", reason="needs the `sweeps` extra")
     result = run_cli(["-m", "hparams_search=optuna", "experiment=tiny_image", f"data.root={image_root}",
                       "debug=limit", "trainer.max_epochs=1", "hydra.sweeper.n_trials=2",
                       "hydra.sweeper.sampler.n_startup_trials=2", "hydra.sweep.dir=sweep"], tmp_path)

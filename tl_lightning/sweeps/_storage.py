@@ -15,6 +15,8 @@ Relative paths are relative to the directory the command was started from.
 from __future__ import annotations
 
 import os
+import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,22 @@ def storage_url(storage: str | None, default_journal: str | os.PathLike[str] | N
     return text
 
 
+def _rdb_storage(url: str, attempts: int = 8) -> Any:
+    """``RDBStorage``, retried while other processes create the same database's tables at the same moment."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+        except (IntegrityError, OperationalError):
+            # SLURM array jobs start together: one of them creates the schema, the others retry
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1) + random.random() * 0.2)
+    raise AssertionError("unreachable")
+
+
 def open_storage(url: str) -> Any:
     """An Optuna storage object for a URL from :func:`storage_url`.
 
@@ -76,7 +94,7 @@ def open_storage(url: str) -> Any:
         if scheme == "sqlite":
             Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+            return _rdb_storage(url)
         except ImportError as err:
             raise ConfigurationError(
                 f"storage {url.split('@')[-1]!r} needs a database driver that is not installed ({err}). Fix: "
