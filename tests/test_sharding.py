@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import _fsdp_script
 import pytest
 import torch
 import torch.distributed as dist
 
-import _fsdp_script
 from tl_lightning import GradualUnfreezing, TransferClassifier
 from tl_lightning.errors import CheckpointError, ConfigurationError
 from tl_lightning.sharding import (

@@ -32,10 +32,10 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -247,7 +247,7 @@ def _inner_first(
     left = list(planned)
     ordered = []
     while left:
-        for i, (gname, mods) in enumerate(left):
+        for i, (_, mods) in enumerate(left):
             # ready when no other pending unit has a module inside one of this unit's modules
             if not any(_inside(n, o) for j, (_, other) in enumerate(left) if j != i for n, _ in other for o, _ in mods):
                 ordered.append(left.pop(i))

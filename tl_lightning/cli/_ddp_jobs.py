@@ -66,9 +66,10 @@ def _config_flags(argv: Sequence[str]) -> list[str]:
 
 def job_subprocess_command(local_rank: int) -> tuple[list[str], str]:
     """The command (and working directory) Lightning runs for rank ``local_rank`` of the current Hydra job."""
-    import __main__
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import get_original_cwd, to_absolute_path
+
+    import __main__
 
     hydra_cfg = HydraConfig.get()
     if __main__.__spec__ is None:

@@ -143,6 +143,9 @@ class RunFolderGuard(Callback):
         if owner is not None:
             _refuse(f"{what} {str(folder)!r} is in use by a running tl-train ({owner}). Fix: wait for it, or pick another folder")
         is_resume = resume is not None and os.path.abspath(str(resume)) == os.path.abspath(folder)
+        from tl_lightning.cli._slurm import is_requeued_run
+
+        is_resume = is_resume or is_requeued_run(folder)  # a requeued SLURM job continues its own run
         if key == "hydra.run.dir" and not is_resume:
             markers = run_markers(folder)
             if markers:

@@ -42,6 +42,7 @@ from tl_lightning.cli._config import config_dir, prepare_omegaconf
 from tl_lightning.cli._csv_logger import ResumableCSVLogger, resume_step_of
 from tl_lightning.cli._errors import config_step, exit_on_user_error
 from tl_lightning.cli._interrupt import InterruptHandler, RunInterrupted
+from tl_lightning.cli._slurm import interrupt_handler, requeued_checkpoint
 from tl_lightning.cli._preflight import (
     check_accelerator,
     check_batchnorm_last_batch,
@@ -215,7 +216,8 @@ def train(cfg: DictConfig) -> RunSummary:
     start = time.perf_counter()
     _apply_extras(cfg)
     do_train, do_test = bool(cfg.get("train", True)), bool(cfg.get("test", True))
-    ckpt_path = cfg.get("ckpt_path")
+    # a requeued SLURM job continues its run from the checkpoint it stopped at (tl_lightning/cli/_slurm.py)
+    ckpt_path = cfg.get("ckpt_path") or requeued_checkpoint(cfg.paths.output_dir)
     check_train_or_checkpoint(do_train, ckpt_path)
     resumed: dict[str, Any] | None = None  # what the run needs to know about ckpt_path
     if ckpt_path:
@@ -261,7 +263,7 @@ def train(cfg: DictConfig) -> RunSummary:
     for logger in loggers:
         if isinstance(logger, ResumableCSVLogger) and resume_step is not None:
             logger.continue_after(resume_step)
-    interrupt = InterruptHandler()
+    interrupt = interrupt_handler(output_dir)
     # first, so callbacks drawing random numbers at the same hook see the restored RNG state
     all_callbacks = [ExactResume(), *callbacks.values(), *([interrupt] if do_train else [])]
     with config_step("trainer"):
