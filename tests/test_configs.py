@@ -21,7 +21,7 @@ CONF = config_dir()
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
 # Options needing an optional plugin, and the module that provides it.
 PLUGINS = {
-    ("hparams_search", "optuna"): "hydra_plugins.hydra_optuna_sweeper",
+    ("hparams_search", "optuna"): "optuna",
     ("hydra/launcher", "slurm"): "hydra_plugins.hydra_submitit_launcher",
     ("logger", "mlflow"): "mlflow",
 }
@@ -162,7 +162,7 @@ def test_gpu_trainers_compose(option: str, tmp_path: Path) -> None:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert trainer_cfg["accelerator"] == "gpu"
     if option == "fsdp":
-        assert get_method(trainer_cfg["strategy"]["_target_"]).__name__ == "FSDPStrategy"
+        assert get_method(trainer_cfg["strategy"]["_target_"]).__name__ == "FSDP2Strategy"
     if not torch.cuda.is_available():
         return
     instantiate(cfg.trainer, logger=False)
