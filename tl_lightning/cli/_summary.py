@@ -64,6 +64,10 @@ class RunSummary:
     resumed_from: str | None = None
     #: the command that continues an interrupted run
     resume_command: str | None = None
+    #: parameters that required grad when training ended (a gradual schedule's last phase)
+    trainable_params: int | None = None
+    #: all of the model's parameters
+    total_params: int | None = None
 
     def __post_init__(self) -> None:
         self.val_metrics = _floats(self.val_metrics)

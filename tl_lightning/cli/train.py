@@ -290,6 +290,9 @@ def train(cfg: DictConfig) -> RunSummary:
             last_checkpoint=last,
             resumed_from=str(ckpt_path) if ckpt_path and do_train else None,
             val_metrics=val_metrics,
+            # what tl-compare reports as a strategy's cost next to its train time
+            trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+            total_params=sum(p.numel() for p in model.parameters()),
         )
         values.update(fields)
         result = RunSummary(**values)
