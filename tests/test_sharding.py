@@ -219,3 +219,15 @@ def test_sharded_checkpoint_converts_to_a_plain_one(
     for key, value in weights.items():
         torch.testing.assert_close(state[key].float(), value, rtol=0, atol=0, msg=key)
     assert model.labels == ["0", "1", "2"]
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_sharded_checkpoint_reads_for_resume_and_names_the_conversion_for_loading(sharded_run: Path) -> None:
+    from tl_lightning.modules._checkpoint import read_checkpoint
+
+    folder = sharded_run / "checkpoints" / "epoch=1.ckpt"
+    meta = read_checkpoint(folder, sharded_ok=True)  # what tl-train --resume reads before the strategy loads
+    assert meta["global_step"] == 4 and meta["state_dict"] == {} and meta["tl_lightning"]["labels"] == ["0", "1", "2"]
+    with pytest.raises(CheckpointError, match=r"sharded checkpoint.*python -m tl_lightning.sharding"):
+        TransferClassifier.load_from_checkpoint(folder)

@@ -133,7 +133,7 @@ def expand_resume(argv: Sequence[str]) -> list[str]:
             f"--resume {folder!r}: not a tl-train run folder (no .hydra/overrides.yaml). "
             "Fix: pass the folder tl-train printed as 'output dir'"
         )
-    if not last.is_file():
+    if not last.exists():  # a file, or a folder of shards (trainer=fsdp)
         raise ConfigurationError(
             f"--resume {folder!r}: the run saved no checkpoint (no checkpoints/last.ckpt), so there is nothing to "
             f"continue. Fix: start it again with its overrides ({overrides_yaml}) in a new folder"

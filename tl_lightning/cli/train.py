@@ -222,7 +222,7 @@ def train(cfg: DictConfig) -> RunSummary:
     resumed: dict[str, Any] | None = None  # what the run needs to know about ckpt_path
     if ckpt_path:
         with config_step("ckpt_path"):
-            checkpoint = read_checkpoint(ckpt_path)
+            checkpoint = read_checkpoint(ckpt_path, sharded_ok=True)
         resumed = {
             "global_step": int(checkpoint.get("global_step", 0)),
             "log_step": resume_step_of(checkpoint),

@@ -93,16 +93,27 @@ def materialize_files(files: dict[str, bytes], kind: str = "backbone") -> Path:
     return folder
 
 
-def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", sharded_ok: bool = False) -> dict[str, Any]:
     """Load a Lightning checkpoint with ``weights_only=True``; a clear error for anything else.
 
-    Memory-mapped where the format allows, so looking at a large checkpoint is cheap.
+    Memory-mapped where the format allows, so looking at a large checkpoint is cheap. With
+    ``sharded_ok``, a sharded checkpoint folder (``trainer=fsdp``) gives its ``meta.pt`` (everything
+    but the weights, ``state_dict`` empty); without, it is an error naming the conversion command.
 
     Raises:
         CheckpointError: the file is missing, truncated, not a torch file, or not a Lightning
             checkpoint (no ``state_dict``).
     """
     p = Path(path).expanduser()
+    sharded = p.is_dir() and (p / "meta.pt").is_file()
+    if sharded and not sharded_ok:
+        raise CheckpointError(
+            f"{str(p)!r} is a sharded checkpoint (a folder written by trainer=fsdp); it resumes training, but to load "
+            f"or predict with it make one file first: python -m tl_lightning.sharding {p} {p.with_suffix('')}_full.ckpt"
+        )
+    if sharded:
+        # everything but the weights and optimizer state, which the sharded strategy loads itself
+        p = p / "meta.pt"
     if not p.is_file():
         raise CheckpointError(
             f"checkpoint {str(p)!r} does not exist (or is not a file). Fix: pass the path of a .ckpt written by "
@@ -121,6 +132,8 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             "it may be truncated (a copy or a save that did not finish) or not a .ckpt at all. Fix: point at "
             "another checkpoint, e.g. the run's checkpoints/last.ckpt"
         ) from err
+    if sharded and isinstance(checkpoint, dict):
+        checkpoint.setdefault("state_dict", {})
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(
