@@ -78,6 +78,8 @@ def test_every_experiment_fast_dev_run(
 def test_every_finetune_strategy_fast_dev_run(finetune: str, image_root: Path, tmp_path: Path) -> None:
     overrides = ["experiment=tiny_image", f"data.root={image_root}", f"finetune={finetune}",
                  "trainer.fast_dev_run=true"]
+    if finetune == "lora":  # LoRA targets attention projections: a transformer, not test_resnet
+        overrides += ["backbone=timm_test_vit", "data.image_size=160"]
     cfg = compose_run(overrides, tmp_path)
     assert cfg.finetune.name
     summary = train(cfg)
