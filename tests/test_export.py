@@ -268,3 +268,20 @@ def test_cli_exports_a_checkpoint_and_reports_the_check(
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("tl-export: error: "), err
         assert re.search(expected, lines[0]), lines[0]
+
+
+def test_a_lora_model_is_exported_merged_and_keeps_its_adapter(tmp_path: Path) -> None:
+    from tl_lightning.finetune.lora import add_lora, get_adapter
+
+    model = TransferClassifier("timm:test_vit", labels=LABELS, pretrained=False).eval()
+    add_lora(model, r=4)
+    with torch.no_grad():  # a trained adapter: B is zero at init, which would hide a missing merge
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    folder = export(model, tmp_path / "ts_lora", format="torchscript")
+    assert get_adapter(model) is not None, "the caller's model keeps its adapter"
+    module = torch.jit.load(str(folder / "model.pt"))
+    assert not any("lora" in n for n, _ in module.named_parameters())
+    pixels = torch.randn(3, 3, 160, 160)
+    torch.testing.assert_close(module(pixels), _logits(model, pixels), atol=1e-4, rtol=0)

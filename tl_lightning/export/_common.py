@@ -93,7 +93,7 @@ def resolve_model(model_or_ckpt_path: Any) -> Any:
     from tl_lightning.modules.classifier import TransferClassifier
 
     if isinstance(model_or_ckpt_path, (str, os.PathLike)):
-        return TransferClassifier.load_from_checkpoint(str(model_or_ckpt_path), map_location="cpu")
+        return _merged(TransferClassifier.load_from_checkpoint(str(model_or_ckpt_path), map_location="cpu"))
     model = model_or_ckpt_path
     if not isinstance(model, TransferClassifier):
         raise ConfigurationError(
@@ -105,7 +105,19 @@ def resolve_model(model_or_ckpt_path: Any) -> Any:
         raise ConfigurationError(
             f"export runs on the CPU but the model's weights are on {sorted(devices)}; call model.cpu() first"
         )
-    return model
+    return _merged(model, copy=True)
+
+
+def _merged(model: Any, copy: bool = False) -> Any:
+    """A model with a LoRA adapter is exported merged (plain layers: W + alpha/r * B @ A), as every
+    format needs; an in-memory model is copied first so the caller's keeps its adapter."""
+    from tl_lightning.finetune.lora import get_adapter, merge_lora
+
+    if get_adapter(model) is None:
+        return model
+    import copy as _copy
+
+    return merge_lora(_copy.deepcopy(model) if copy else model)
 
 
 def model_inputs(model: Any) -> list[str]:
