@@ -231,3 +231,12 @@ def test_sharded_checkpoint_reads_for_resume_and_names_the_conversion_for_loadin
     assert meta["global_step"] == 4 and meta["state_dict"] == {} and meta["tl_lightning"]["labels"] == ["0", "1", "2"]
     with pytest.raises(CheckpointError, match=r"sharded checkpoint.*python -m tl_lightning.sharding"):
         TransferClassifier.load_from_checkpoint(folder)
+
+
+def test_l2sp_and_lora_are_refused_under_fsdp2_until_they_support_it() -> None:
+    from tl_lightning.sharding import _refuse_unsupported_callbacks
+
+    finetune = pytest.importorskip("tl_lightning.finetune")
+    for callback in (finetune.L2SP(), finetune.LoRA()):
+        with pytest.raises(ConfigurationError, match=f"{type(callback).__name__} does not support sharded training"):
+            _refuse_unsupported_callbacks([callback], "FSDP2Strategy")
