@@ -190,7 +190,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs of every candidate")
     ap.add_argument("--text-train", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared machine two threads spin against each other)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

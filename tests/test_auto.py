@@ -333,14 +333,13 @@ def test_auto_option_errors(image_root: Path, pretrained_file: Path, tmp_path: P
 
 
 def test_search_races_the_shortlist_and_keeps_the_rigged_winner(
-    image_root: Path, pretrained_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    image_root: Path, pretrained_file: Path, tmp_path: Path
 ) -> None:
     """The race's wiring, rigged: each race run is a tl-train run of one strategy for the rung's epochs (no
     test, no checkpoints, in auto_search/); the fake scores make lp_ft win; the real run then trains lp_ft."""
-    import tl_lightning.cli.train as train_module
     from tl_lightning.cli._summary import RunSummary
+    from tl_lightning.cli.train import train as real_train
 
-    real_train = train_module.train
     rigged = {"feature_extraction": 0.2, "lp_ft": 0.9, "top_n": 0.5}
     seen: list[dict[str, Any]] = []
 
@@ -353,7 +352,6 @@ def test_search_races_the_shortlist_and_keeps_the_rigged_winner(
         return RunSummary(task_name="race", output_dir=run_cfg.paths.output_dir,
                           val_metrics={"val/acc": rigged[run_cfg.finetune.name] + 0.01 * run_cfg.trainer.max_epochs})
 
-    monkeypatch.setattr(train_module, "train", fake_train)
     cfg = compose_run(
         auto_overrides(image_root, pretrained_file, "finetune.search=true", "finetune.rules.solved_kappa=-1",
                        "trainer.max_epochs=4", "model.lr=0.0123", "finetune.search_candidates=3"),
@@ -361,7 +359,7 @@ def test_search_races_the_shortlist_and_keeps_the_rigged_winner(
     )
     from tl_lightning.finetune.auto import resolve_auto_finetune
 
-    chosen = resolve_auto_finetune(cfg)
+    chosen = resolve_auto_finetune(cfg, run=fake_train)
     assert chosen.finetune.name == "lp_ft"
     assert [(s["finetune"], s["epochs"]) for s in seen] == [
         ("feature_extraction", 1), ("lp_ft", 1), ("top_n", 1), ("lp_ft", 2), ("top_n", 2)
@@ -375,7 +373,6 @@ def test_search_races_the_shortlist_and_keeps_the_rigged_winner(
     # the kept strategy runs for real
     with open_dict(chosen):
         chosen.trainer.fast_dev_run = True
-    monkeypatch.setattr(train_module, "train", real_train)
     summary = real_train(chosen)
     assert summary.test_metrics
 

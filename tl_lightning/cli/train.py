@@ -55,6 +55,7 @@ from tl_lightning.cli._preflight import (
 from tl_lightning.cli._resume import expand_resume, resume_command
 from tl_lightning.cli._summary import RunSummary
 from tl_lightning.errors import CheckpointError, ConfigurationError, TLError
+from tl_lightning.features import cached_features_datamodule
 from tl_lightning.modules._checkpoint import read_checkpoint
 from tl_lightning.modules.classifier import CHECKPOINT_KEY
 
@@ -218,7 +219,8 @@ def train(cfg: DictConfig) -> RunSummary:
     if (cfg.get("finetune") or {}).get("name") == "auto":
         from tl_lightning.finetune.auto import resolve_auto_finetune
 
-        cfg = resolve_auto_finetune(cfg)  # measured, chosen and printed; the run goes on as finetune=<choice>
+        # measured, chosen (raced with this function when finetune.search=true), printed: finetune=<choice>
+        cfg = resolve_auto_finetune(cfg, run=train)
     do_train, do_test = bool(cfg.get("train", True)), bool(cfg.get("test", True))
     # a requeued SLURM job continues its run from the checkpoint it stopped at (tl_lightning/cli/_slurm.py)
     ckpt_path = cfg.get("ckpt_path") or requeued_checkpoint(cfg.paths.output_dir)
@@ -273,6 +275,8 @@ def train(cfg: DictConfig) -> RunSummary:
     with config_step("trainer"):
         trainer = hydra.utils.instantiate(cfg.trainer, callbacks=all_callbacks, logger=loggers or False)
     _check_data_before_training(cfg, datamodule, model, callbacks, trainer, do_train, do_test)
+    with config_step("data"):  # finetune.cached_features: the head trains on features computed once per split
+        datamodule = cached_features_datamodule(datamodule, cfg.get("finetune"))
 
     _write_json(output_dir / "labels.json", labels)
 

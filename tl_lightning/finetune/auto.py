@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,9 +244,8 @@ def decide_strategy(cfg: DictConfig, options: AutoOptions | None = None) -> Any:
     return choose_strategy(measurements, thresholds)
 
 
-def _race(cfg: DictConfig, shortlist: Sequence[str], options: AutoOptions) -> Any:
+def _race(cfg: DictConfig, shortlist: Sequence[str], options: AutoOptions, run: Callable[[DictConfig], Any]) -> Any:
     from tl_lightning.advisor import successive_halving
-    from tl_lightning.cli.train import train
 
     devices = cfg.trainer.get("devices", 1)
     single = str(devices) == "1" or (OmegaConf.is_list(devices) and len(devices) == 1) or (
@@ -277,7 +276,7 @@ def _race(cfg: DictConfig, shortlist: Sequence[str], options: AutoOptions) -> An
             if "cache_dir" in run_cfg.data:
                 run_cfg.data.cache_dir = shared_cache
         _say(f"[finetune=auto] race: finetune={strategy} for {epochs} epoch(s)")
-        summary = train(run_cfg)
+        summary = run(run_cfg)
         value = summary.val_metrics.get(metric)
         if value is None:
             raise ConfigurationError(
@@ -296,11 +295,16 @@ def _race(cfg: DictConfig, shortlist: Sequence[str], options: AutoOptions) -> An
     )
 
 
-def resolve_auto_finetune(cfg: DictConfig) -> DictConfig:
+def resolve_auto_finetune(cfg: DictConfig, run: Callable[[DictConfig], Any] | None = None) -> DictConfig:
     """The config ``tl-train`` runs for ``finetune=auto``: measured, decided (and raced), composed with the choice.
 
     Prints the measurements, the rule and the choice (and the race); writes ``auto_finetune.json``
     into the run folder. See the module docstring.
+
+    Args:
+        cfg: The run's composed ``train.yaml`` config with ``finetune=auto``.
+        run: Trains one race run from its config and returns its summary (``tl-train`` passes
+            :func:`tl_lightning.cli.train.train`); needed for ``finetune.search=true``.
     """
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -326,8 +330,12 @@ def resolve_auto_finetune(cfg: DictConfig) -> DictConfig:
         else:
             shortlist = list(decision.shortlist[: options.search_candidates])
         if len(shortlist) >= 2:
+            if run is None:
+                raise ConfigurationError(
+                    "finetune.search=true trains race runs: pass run=tl_lightning.cli.train.train to resolve_auto_finetune"
+                )
             t0 = time.perf_counter()
-            race = _race(cfg, shortlist, options)
+            race = _race(cfg, shortlist, options, run)
             _say(race.format(str(cfg.get("optimized_metric") or "val/acc")))
             strategy = race.winner
             record["race"] = {**race.to_json(), "seconds": time.perf_counter() - t0}
