@@ -57,8 +57,11 @@ def shard_indices(n: int, rank: int, world_size: int) -> list[int]:
         >>> shard_indices(5, 0, 2), shard_indices(5, 1, 2)
         ([0, 2, 4], [1, 3, 0])
     """
-    per_rank = math.ceil(n / world_size) if n else 0
-    padded = list(range(n)) + list(range(n))[: per_rank * world_size - n]
+    if n == 0:
+        return []
+    per_rank = math.ceil(n / world_size)
+    padding = per_rank * world_size - n
+    padded = list(range(n)) + (list(range(n)) * math.ceil(padding / n))[:padding]
     return padded[rank::world_size]
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -33,7 +33,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from tl_lightning._checks import check_int
+from tl_lightning._checks import check_choice, check_int
 from tl_lightning.errors import ConfigurationError
 from tl_lightning.features.cache import DEFAULT_MEMMAP_BYTES, CachedSplit
 from tl_lightning.features.datamodule import CachedFeatureDataModule
@@ -75,6 +75,10 @@ class LinearHeadFit(Callback):
         memmap_bytes: Feature sets larger than this are memory-mapped.
         batch_size: Batch size of the feature computation (default: the data module's).
         seed: Seed of the held-out part.
+        scale: How features are scaled before the fit (see
+            :func:`~tl_lightning.features.fit_logistic_regression`): ``"global"`` (one scale for
+            every dim, the default: the L2 penalty is isotropic in the backbone's feature space,
+            like weight decay on a head trained by SGD) or ``"per_dim"`` (each dim to unit variance).
         state_key: Distinguishes two instances in one Trainer.
 
     Attributes:
@@ -97,6 +101,7 @@ class LinearHeadFit(Callback):
         memmap_bytes: int = DEFAULT_MEMMAP_BYTES,
         batch_size: int | None = None,
         seed: int = 0,
+        scale: Literal["per_dim", "global"] = "global",
         state_key: str | None = None,
     ) -> None:
         super().__init__()
@@ -107,6 +112,7 @@ class LinearHeadFit(Callback):
         self.memmap_bytes = memmap_bytes
         self.batch_size = batch_size
         self.seed = check_int("seed", seed, low=0)
+        self.scale = check_choice("scale", scale, ("per_dim", "global"))
         self._state_key = state_key
         self.fit: LogisticFit | None = None
         self.fitted = False
@@ -161,6 +167,7 @@ class LinearHeadFit(Callback):
             l2_grid=self.l2_grid,
             max_iter=self.max_iter,
             seed=self.seed,
+            scale=self.scale,
         )
         weight = torch.from_numpy(fit.weight)
         bias = torch.from_numpy(fit.bias)

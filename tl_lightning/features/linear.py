@@ -5,10 +5,13 @@ head fits of cached-feature training (:class:`~tl_lightning.features.LinearHeadF
 
 * multiclass: softmax cross-entropy; multilabel: one sigmoid + binary cross-entropy per label
   (the mean over samples and labels, as ``BCEWithLogitsLoss`` computes it);
-* the features are standardised with the fitting part's mean and standard deviation, so one L2
-  grid suits every backbone whatever the scale of its features (constant dims are left as 0);
-  the returned ``weight`` / ``bias`` have the standardisation folded in, so they apply to the raw
-  features (``logits = features @ weight.T + bias``, what ``nn.Linear`` computes);
+* the features are centred and scaled with the fitting part's statistics, so one L2 grid suits
+  every backbone whatever the scale of its features: ``scale="per_dim"`` divides each dim by its
+  standard deviation (constant dims are left as 0), ``scale="global"`` divides every dim by one
+  number, the root mean square of those deviations, which keeps the relative scale of the dims
+  (the L2 penalty is then isotropic in the backbone's own feature space, as weight decay on a
+  head trained by SGD is). The returned ``weight`` / ``bias`` have the scaling folded in, so they
+  apply to the raw features (``logits = features @ weight.T + bias``, what ``nn.Linear`` computes);
 * the loss is the mean loss plus ``l2 / 2 * ||W||^2`` on the standardised weights (the bias is
   not penalised);
 * each strength in ``l2_grid`` is fitted from the strongest to the weakest, each starting from
@@ -241,6 +244,7 @@ def fit_logistic_regression(
     max_iter: int = 100,
     seed: int = 0,
     dtype: Literal["float32", "float64"] = "float32",
+    scale: Literal["per_dim", "global"] = "per_dim",
 ) -> LogisticFit:
     """Fit an L2 logistic regression on ``features``, choosing ``l2`` on validation accuracy.
 
@@ -261,6 +265,9 @@ def fit_logistic_regression(
         max_iter: Most L-BFGS iterations per strength.
         seed: Seed of the held-out split.
         dtype: Precision of the fit (the standardisation is computed in float64 either way).
+        scale: ``"per_dim"`` (each dim to unit variance) or ``"global"`` (one scale for all dims).
+            On frozen EfficientNet-Lite0 features of 64 px digits, ``"global"`` scored about 2
+            points higher over 10 splits (many near-constant dims get inflated by ``"per_dim"``).
 
     Returns:
         A :class:`LogisticFit` whose ``weight`` / ``bias`` apply to the raw features.
@@ -272,6 +279,7 @@ def fit_logistic_regression(
             samples to hold any out.
     """
     check_choice("task", task, ("multiclass", "multilabel"))
+    check_choice("scale", scale, ("per_dim", "global"))
     val_fraction = check_val_fraction(val_fraction)
     max_iter = check_int("max_iter", max_iter, low=1)
     seed = check_int("seed", seed, low=0)
@@ -312,6 +320,8 @@ def fit_logistic_regression(
 
     mean = x_fit.mean(axis=0)
     std = x_fit.std(axis=0)
+    if scale == "global":
+        std = np.full_like(std, max(float(np.sqrt((std**2).mean())), 1e-300))
     std = np.where(std > 1e-12 * max(float(std.max()), 1e-300), std, 1.0)
 
     def prepare(a: np.ndarray) -> torch.Tensor:
