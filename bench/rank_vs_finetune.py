@@ -39,10 +39,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-IMAGE_CANDIDATES = ["timm_efficientnet_lite0_asset", "timm_efficientnet_lite1_asset", "timm_efficientnet_lite2_asset"]
+IMAGE_CANDIDATES = [
+    "timm_efficientnet_lite0_asset",
+    "timm_efficientnet_lite1_asset",
+    "timm_efficientnet_lite2_asset",
+]
 TEXT_CANDIDATES = ["hf_minilm"]
 # the fine-tuning runs measure accuracy: no progress bar, no diagnostics pictures (LayerMap, PerClassReport)
-QUIET = ["callbacks.progress_bar=null", "callbacks.layer_map=null", "callbacks.per_class=null", "callbacks.input_check=null"]
+QUIET = [
+    "callbacks.progress_bar=null",
+    "callbacks.layer_map=null",
+    "callbacks.per_class=null",
+    "callbacks.input_check=null",
+]
 
 
 def write_mnist(root: Path, per_class: int, seed: int = 0) -> Path:
@@ -90,11 +99,17 @@ def candidate_overrides(entry: str) -> tuple[str, list[str]]:
     """``(label as tl-rank writes it, tl-train backbone overrides)`` of a ``config`` or ``config:random``."""
     config, _, random = entry.partition(":")
     if random:
-        return f"{config} (random init)", [f"backbone={config}", "backbone.pretrained=false", "backbone.weights=null"]
+        return f"{config} (random init)", [
+            f"backbone={config}",
+            "backbone.pretrained=false",
+            "backbone.weights=null",
+        ]
     return config, [f"backbone={config}"]
 
 
-def run_set(name: str, data: list[str], train_extra: list[str], configs: list[str], workdir: Path, seed: int) -> dict:
+def run_set(
+    name: str, data: list[str], train_extra: list[str], configs: list[str], workdir: Path, seed: int
+) -> dict:
     from tl_lightning.cli.rank import rank
     from tl_lightning.cli.train import train
     from tl_lightning.transferability import kendall_tau
@@ -126,7 +141,10 @@ def run_set(name: str, data: list[str], train_extra: list[str], configs: list[st
         summary = train(run_cfg)
         accuracies[label] = float(summary.test_metrics["test/acc"])
         train_seconds[label] = float(summary.train_seconds or 0.0)
-        print(f"[bench] {name} {label}: test acc {accuracies[label]:.4f} in {train_seconds[label]:.0f} s", flush=True)
+        print(
+            f"[bench] {name} {label}: test acc {accuracies[label]:.4f} in {train_seconds[label]:.0f} s",
+            flush=True,
+        )
 
     taus: dict[str, float | None] = {}
     for score in ranking.scores:
@@ -140,7 +158,9 @@ def run_set(name: str, data: list[str], train_extra: list[str], configs: list[st
     pretrained_labels = [k for k in accuracies if k not in random_labels]
     below = {
         score: all(
-            ranking[r].scores[score] < ranking[p].scores[score] for r in random_labels for p in pretrained_labels
+            ranking[r].scores[score] < ranking[p].scores[score]
+            for r in random_labels
+            for p in pretrained_labels
         )
         for score in ranking.scores
         if all(ranking[k].scores[score] is not None for k in accuracies)
@@ -164,13 +184,25 @@ def markdown(name: str, r: dict) -> str:
     head = "| candidate | test acc | " + " | ".join(scores) + " |"
     lines = [f"### {name}", "", head, "|---|---:|" + "---:|" * len(scores)]
     for label, acc in sorted(r["test_accuracy"].items(), key=lambda kv: -kv[1]):
-        cells = [("–" if rows[label]["scores"][s] is None else f"{rows[label]['scores'][s]:.4g}") for s in scores]
+        cells = [
+            ("–" if rows[label]["scores"][s] is None else f"{rows[label]['scores'][s]:.4g}") for s in scores
+        ]
         lines.append(f"| {label} | {acc:.4f} | " + " | ".join(cells) + " |")
-    lines.append("| **Kendall tau vs test acc** | | " + " | ".join(
-        "–" if r["kendall_tau"][s] is None else f"{r['kendall_tau'][s]:+.2f}" for s in scores) + " |")
-    lines.append("| random init below every pretrained | | " + " | ".join(
-        "–" if s not in r["random_below_pretrained"] else ("yes" if r["random_below_pretrained"][s] else "**no**")
-        for s in scores) + " |")
+    lines.append(
+        "| **Kendall tau vs test acc** | | "
+        + " | ".join("–" if r["kendall_tau"][s] is None else f"{r['kendall_tau'][s]:+.2f}" for s in scores)
+        + " |"
+    )
+    lines.append(
+        "| random init below every pretrained | | "
+        + " | ".join(
+            "–"
+            if s not in r["random_below_pretrained"]
+            else ("yes" if r["random_below_pretrained"][s] else "**no**")
+            for s in scores
+        )
+        + " |"
+    )
     est = r["fine_tune_estimate_seconds"]
     lines.append("")
     lines.append(
@@ -190,7 +222,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs of every candidate")
     ap.add_argument("--text-train", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared machine two threads spin against each other)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: on a shared machine two threads spin against each other)",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -202,17 +239,42 @@ def main() -> None:
     }
     if args.only in (None, "image"):
         root = write_mnist(workdir / "mnist", args.per_class)
-        data = ["data=image_folder", f"data.root={root}", f"data.image_size={args.image_size}", "data.augment=false",
-                "data.num_workers=0", "data.batch_size=32", "data.val_fraction=0.1", "data.test_fraction=0.2"]
+        data = [
+            "data=image_folder",
+            f"data.root={root}",
+            f"data.image_size={args.image_size}",
+            "data.augment=false",
+            "data.num_workers=0",
+            "data.batch_size=32",
+            "data.val_fraction=0.1",
+            "data.test_fraction=0.2",
+        ]
         results["image"] = run_set(
-            "image", data, [f"trainer.max_epochs={args.epochs}", "model.lr=1e-3"], IMAGE_CANDIDATES, workdir, args.seed
+            "image",
+            data,
+            [f"trainer.max_epochs={args.epochs}", "model.lr=1e-3"],
+            IMAGE_CANDIDATES,
+            workdir,
+            args.seed,
         )
-        print(markdown(f"MNIST-5k, {10 * args.per_class} digits at {args.image_size} px", results["image"]), flush=True)
+        print(
+            markdown(f"MNIST-5k, {10 * args.per_class} digits at {args.image_size} px", results["image"]),
+            flush=True,
+        )
     if args.only in (None, "text"):
-        data = ["data=rotten_tomatoes", f"data.max_train_samples={args.text_train}", "data.max_length=64",
-                "data.batch_size=32", "data.num_workers=0"]
-        train_extra = [f"trainer.max_epochs={args.epochs}", "model.lr=5e-5", "model.head_lr=1e-3",
-                       "scheduler.warmup_fraction=0.1"]
+        data = [
+            "data=rotten_tomatoes",
+            f"data.max_train_samples={args.text_train}",
+            "data.max_length=64",
+            "data.batch_size=32",
+            "data.num_workers=0",
+        ]
+        train_extra = [
+            f"trainer.max_epochs={args.epochs}",
+            "model.lr=5e-5",
+            "model.head_lr=1e-3",
+            "scheduler.warmup_fraction=0.1",
+        ]
         results["text"] = run_set("text", data, train_extra, TEXT_CANDIDATES, workdir, args.seed)
         print(markdown(f"Rotten Tomatoes, {args.text_train} training snippets", results["text"]), flush=True)
     if args.json:

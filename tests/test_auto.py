@@ -27,17 +27,24 @@ from tl_lightning.advisor import (
 from tl_lightning.advisor.domain import gaussian_kl
 from tl_lightning.cli import config_dir
 from tl_lightning.cli._config import prepare_omegaconf
-from tl_lightning.errors import ConfigurationError, DataError, TLError, UnknownNameError
+from tl_lightning.errors import ConfigurationError, DataError, UnknownNameError
 
 CONF = config_dir()
 
 
 def m(**fields: Any) -> Measurements:
     """Measurements of a 10-class problem, 400 per class, a 4M-parameter CNN; override any field."""
-    base: dict[str, Any] = dict(
-        n_train=4000, num_classes=10, min_class_count=400, backbone_params=4_000_000, probe_accuracy=0.85,
-        chance_accuracy=0.1, random_probe_accuracy=0.6, logme=1.0, shift=0.05,
-    )
+    base: dict[str, Any] = {
+        "n_train": 4000,
+        "num_classes": 10,
+        "min_class_count": 400,
+        "backbone_params": 4_000_000,
+        "probe_accuracy": 0.85,
+        "chance_accuracy": 0.1,
+        "random_probe_accuracy": 0.6,
+        "logme": 1.0,
+        "shift": 0.05,
+    }
     base.update(fields)
     return Measurements(**base)
 
@@ -52,11 +59,23 @@ def m(**fields: Any) -> Measurements:
         ({"probe_accuracy": 0.61, "random_probe_accuracy": 0.6}, "scratch", "R1"),
         ({"probe_accuracy": 0.99}, "feature_extraction", "R2"),
         ({"n_train": 500, "min_class_count": 50, "probe_accuracy": 0.9}, "feature_extraction", "R3"),
-        ({"n_train": 500, "min_class_count": 50, "probe_accuracy": 0.5, "random_probe_accuracy": 0.3}, "lp_ft", "R3b"),
+        (
+            {"n_train": 500, "min_class_count": 50, "probe_accuracy": 0.5, "random_probe_accuracy": 0.3},
+            "lp_ft",
+            "R3b",
+        ),
         # the same headroom with a model far too large for 500 examples: stay frozen
-        ({"n_train": 500, "min_class_count": 50, "probe_accuracy": 0.5, "random_probe_accuracy": 0.3,
-          "backbone_params": 100_000_000},
-         "feature_extraction", "R3"),
+        (
+            {
+                "n_train": 500,
+                "min_class_count": 50,
+                "probe_accuracy": 0.5,
+                "random_probe_accuracy": 0.3,
+                "backbone_params": 100_000_000,
+            },
+            "feature_extraction",
+            "R3",
+        ),
         ({"n_train": 500, "min_class_count": 50, "shift": 0.4}, "top_n", "R4"),
         ({"n_train": 20000, "min_class_count": 2000}, "full", "R5"),
         ({"n_train": 20000, "min_class_count": 2000, "shift": 0.4}, "llrd", "R6"),
@@ -87,9 +106,17 @@ def test_similarity_falls_back_from_shift_to_tokenizer_to_gain() -> None:
 def test_the_demo_numbers_choose_full_fine_tuning() -> None:
     """The demo (MiniLM, 1,000 Rotten Tomatoes snippets): the seed's '< 1K: feature extraction' would lose
     9 points (BENCHMARKS.md: 0.690 vs 0.777); 500 per class is medium data, English text is similar."""
-    demo = Measurements(n_train=1000, num_classes=2, min_class_count=496, backbone_params=22_700_000,
-                        probe_accuracy=0.69, chance_accuracy=0.5, random_probe_accuracy=0.6, tokens_per_word=1.2,
-                        unknown_rate=0.0)
+    demo = Measurements(
+        n_train=1000,
+        num_classes=2,
+        min_class_count=496,
+        backbone_params=22_700_000,
+        probe_accuracy=0.69,
+        chance_accuracy=0.5,
+        random_probe_accuracy=0.6,
+        tokens_per_word=1.2,
+        unknown_rate=0.0,
+    )
     assert choose_strategy(demo).strategy == "full"
 
 
@@ -97,7 +124,9 @@ def test_thresholds_change_the_decision_and_are_checked() -> None:
     assert choose_strategy(m(), RuleThresholds(large_per_class=300)).strategy == "full"
     assert choose_strategy(m(), RuleThresholds(large_per_class=300)).rule.startswith("R5")
     assert choose_strategy(m(), RuleThresholds(solved_kappa=0.5)).strategy == "feature_extraction"
-    with pytest.raises(ConfigurationError, match="unknown rule threshold finetune.rules.large_per_clas; did you mean"):
+    with pytest.raises(
+        ConfigurationError, match="unknown rule threshold finetune.rules.large_per_clas; did you mean"
+    ):
         RuleThresholds.from_mapping({"large_per_clas": 10})
     with pytest.raises(ConfigurationError, match="must be below large_per_class"):
         RuleThresholds(small_per_class=500, large_per_class=100)
@@ -133,7 +162,14 @@ def test_successive_halving_keeps_the_best_and_trains_losers_less() -> None:
     result = successive_halving(list(quality), evaluate, min_epochs=1, max_epochs=8)
     assert result.winner == "full"
     assert [(r.epochs, r.kept) for r in result.rungs] == [(1, ("full", "lp_ft")), (2, ("full",))]
-    assert calls == [("feature_extraction", 1), ("lp_ft", 1), ("full", 1), ("llrd", 1), ("full", 2), ("lp_ft", 2)]
+    assert calls == [
+        ("feature_extraction", 1),
+        ("lp_ft", 1),
+        ("full", 1),
+        ("llrd", 1),
+        ("full", 2),
+        ("lp_ft", 2),
+    ]
     assert result.epochs_trained == 4 + 4
     states = {t.params["finetune"]: t.state.name for t in result.study.trials}
     assert states == {"feature_extraction": "PRUNED", "lp_ft": "PRUNED", "full": "COMPLETE", "llrd": "PRUNED"}
@@ -143,9 +179,13 @@ def test_successive_halving_keeps_the_best_and_trains_losers_less() -> None:
 
 
 def test_race_budget_is_capped_and_ties_go_to_the_rule_choice() -> None:
-    result = successive_halving(["llrd", "full", "lp_ft"], lambda name, epochs: 0.5, min_epochs=2, max_epochs=2)
+    result = successive_halving(
+        ["llrd", "full", "lp_ft"], lambda name, epochs: 0.5, min_epochs=2, max_epochs=2
+    )
     assert result.winner == "llrd" and [r.epochs for r in result.rungs] == [2]
-    result = successive_halving(["a", "b"], lambda name, epochs: {"a": 1.0, "b": 0.5}[name], direction="minimize")
+    result = successive_halving(
+        ["a", "b"], lambda name, epochs: {"a": 1.0, "b": 0.5}[name], direction="minimize"
+    )
     assert result.winner == "b"
 
 
@@ -240,8 +280,13 @@ def compose_run(overrides: list[str], output_dir: Path) -> DictConfig:
 
 def auto_overrides(image_root: Path, weights: Path, *extra: str) -> list[str]:
     return [
-        "experiment=tiny_image", f"data.root={image_root}", "finetune=auto", "backbone.pretrained=true",
-        f"backbone.weights={weights}", "+backbone.kwargs.key_map=[['^fc[.]', null]]", "callbacks.progress_bar=null",
+        "experiment=tiny_image",
+        f"data.root={image_root}",
+        "finetune=auto",
+        "backbone.pretrained=true",
+        f"backbone.weights={weights}",
+        "+backbone.kwargs.key_map=[['^fc[.]', null]]",
+        "callbacks.progress_bar=null",
         *extra,
     ]
 
@@ -256,7 +301,11 @@ def test_measure_on_tiny_data(image_root: Path, pretrained_file: Path, tmp_path:
     assert got.pretrained and got.backbone_params == sum(
         p.numel() for p in __import__("timm").create_model("test_resnet", num_classes=0).parameters()
     )
-    assert 0.0 <= got.probe_accuracy <= 1.0 and got.probe_val_samples == 6 and got.chance_accuracy == pytest.approx(1 / 3)
+    assert (
+        0.0 <= got.probe_accuracy <= 1.0
+        and got.probe_val_samples == 6
+        and got.chance_accuracy == pytest.approx(1 / 3)
+    )
     assert got.random_probe_accuracy is not None and got.logme is not None and got.random_logme is not None
     assert got.shift is not None and got.shift > 0 and got.tokens_per_word is None
     assert decision.strategy in ("feature_extraction", "lp_ft", "top_n", "scratch")  # 4 per class: small data
@@ -271,8 +320,13 @@ def test_auto_runs_the_chosen_strategy_and_records_why(
 
     # solved_kappa=-1: rule R2 (the frozen features solve the task) whatever the probe says
     cfg = compose_run(
-        auto_overrides(image_root, pretrained_file, "finetune.rules.solved_kappa=-1", "trainer.fast_dev_run=true",
-                       "model.lr=0.0123"),
+        auto_overrides(
+            image_root,
+            pretrained_file,
+            "finetune.rules.solved_kappa=-1",
+            "trainer.fast_dev_run=true",
+            "model.lr=0.0123",
+        ),
         tmp_path,
     )
     summary = train(cfg)
@@ -291,11 +345,13 @@ def test_auto_runs_the_chosen_strategy_and_records_why(
 def test_a_resumed_run_keeps_the_recorded_choice(
     image_root: Path, pretrained_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tl_lightning.finetune.auto as auto
+    from tl_lightning.finetune import auto
 
     (tmp_path / auto.DECISION_FILE).write_text(json.dumps({"strategy": "top_n"}))
     monkeypatch.setattr(auto, "decide_strategy", lambda *a, **k: pytest.fail("measured again"))
-    cfg = compose_run(auto_overrides(image_root, pretrained_file, "model.lr=0.0123", "finetune.search=true"), tmp_path)
+    cfg = compose_run(
+        auto_overrides(image_root, pretrained_file, "model.lr=0.0123", "finetune.search=true"), tmp_path
+    )
     chosen = auto.resolve_auto_finetune(cfg)
     assert chosen.finetune.name == "top_n" and chosen.finetune.n == 2
     assert chosen.callbacks.unfreeze.preset == "top_n_unfrozen"
@@ -308,8 +364,10 @@ def test_compose_with_finetune_drops_auto_options_and_needs_hydra(
 ) -> None:
     from tl_lightning.finetune.auto import compose_with_finetune
 
-    cfg = compose_run(auto_overrides(image_root, pretrained_file, "finetune.search=true", "finetune.rules.min_gain=0.2"),
-                      tmp_path)
+    cfg = compose_run(
+        auto_overrides(image_root, pretrained_file, "finetune.search=true", "finetune.rules.min_gain=0.2"),
+        tmp_path,
+    )
     full = compose_with_finetune(cfg, "full")
     assert full.finetune.name == "full" and "search" not in full.finetune
     with pytest.raises(UnknownNameError, match="finetune option 'ful' does not exist; did you mean 'full'"):
@@ -322,7 +380,9 @@ def test_compose_with_finetune_drops_auto_options_and_needs_hydra(
 def test_auto_option_errors(image_root: Path, pretrained_file: Path, tmp_path: Path) -> None:
     from tl_lightning.finetune.auto import AutoOptions
 
-    with pytest.raises(ConfigurationError, match="unknown option finetune.serach for finetune=auto; did you mean 'search'"):
+    with pytest.raises(
+        ConfigurationError, match="unknown option finetune.serach for finetune=auto; did you mean 'search'"
+    ):
         AutoOptions.from_config({"name": "auto", "serach": True})
     with pytest.raises(ConfigurationError, match="other than auto"):
         AutoOptions.from_config({"search_candidates": ["full", "auto"]})
@@ -344,17 +404,33 @@ def test_search_races_the_shortlist_and_keeps_the_rigged_winner(
     seen: list[dict[str, Any]] = []
 
     def fake_train(run_cfg: DictConfig) -> RunSummary:
-        seen.append({
-            "finetune": run_cfg.finetune.name, "epochs": run_cfg.trainer.max_epochs, "test": run_cfg.test,
-            "dir": run_cfg.paths.output_dir, "lr": run_cfg.model.lr, "checkpoint": run_cfg.callbacks.model_checkpoint,
-            "cache": run_cfg.data.cache_dir,
-        })
-        return RunSummary(task_name="race", output_dir=run_cfg.paths.output_dir,
-                          val_metrics={"val/acc": rigged[run_cfg.finetune.name] + 0.01 * run_cfg.trainer.max_epochs})
+        seen.append(
+            {
+                "finetune": run_cfg.finetune.name,
+                "epochs": run_cfg.trainer.max_epochs,
+                "test": run_cfg.test,
+                "dir": run_cfg.paths.output_dir,
+                "lr": run_cfg.model.lr,
+                "checkpoint": run_cfg.callbacks.model_checkpoint,
+                "cache": run_cfg.data.cache_dir,
+            }
+        )
+        return RunSummary(
+            task_name="race",
+            output_dir=run_cfg.paths.output_dir,
+            val_metrics={"val/acc": rigged[run_cfg.finetune.name] + 0.01 * run_cfg.trainer.max_epochs},
+        )
 
     cfg = compose_run(
-        auto_overrides(image_root, pretrained_file, "finetune.search=true", "finetune.rules.solved_kappa=-1",
-                       "trainer.max_epochs=4", "model.lr=0.0123", "finetune.search_candidates=3"),
+        auto_overrides(
+            image_root,
+            pretrained_file,
+            "finetune.search=true",
+            "finetune.rules.solved_kappa=-1",
+            "trainer.max_epochs=4",
+            "model.lr=0.0123",
+            "finetune.search_candidates=3",
+        ),
         tmp_path,
     )
     from tl_lightning.finetune.auto import resolve_auto_finetune
@@ -362,7 +438,11 @@ def test_search_races_the_shortlist_and_keeps_the_rigged_winner(
     chosen = resolve_auto_finetune(cfg, run=fake_train)
     assert chosen.finetune.name == "lp_ft"
     assert [(s["finetune"], s["epochs"]) for s in seen] == [
-        ("feature_extraction", 1), ("lp_ft", 1), ("top_n", 1), ("lp_ft", 2), ("top_n", 2)
+        ("feature_extraction", 1),
+        ("lp_ft", 1),
+        ("top_n", 1),
+        ("lp_ft", 2),
+        ("top_n", 2),
     ]
     assert all(s["test"] is False and s["checkpoint"] is None and s["lr"] == 0.0123 for s in seen)
     assert seen[0]["dir"] == str(tmp_path / "auto_search" / "feature_extraction-1ep")
@@ -378,7 +458,9 @@ def test_search_races_the_shortlist_and_keeps_the_rigged_winner(
 
 
 @pytest.mark.slow
-def test_search_trains_for_real_and_keeps_the_strategy_that_learns(pretrained_file: Path, tmp_path: Path) -> None:
+def test_search_trains_for_real_and_keeps_the_strategy_that_learns(
+    pretrained_file: Path, tmp_path: Path
+) -> None:
     """Real race runs on learnable colours: full fine-tuning at a good LR against two rigged options that
     cannot learn (LR 1e-9); the race keeps full, whose run then trains."""
     from PIL import Image
@@ -399,9 +481,17 @@ def test_search_trains_for_real_and_keeps_the_strategy_that_learns(pretrained_fi
             f"# @package _global_\nfinetune:\n  name: {name}\nmodel:\n  lr: 1.0e-9\n  head_lr: 1.0e-9\n"
         )
     overrides = auto_overrides(
-        root, pretrained_file, f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "finetune.search=true",
-        "finetune.search_candidates=[frozen_a,full,frozen_b]", "finetune.search_min_epochs=3",
-        "trainer.max_epochs=3", "model.lr=3e-3", "scheduler=constant", "data.augment=false", "data.batch_size=4",
+        root,
+        pretrained_file,
+        f"hydra.searchpath=[file://{tmp_path / 'configs'}]",
+        "finetune.search=true",
+        "finetune.search_candidates=[frozen_a,full,frozen_b]",
+        "finetune.search_min_epochs=3",
+        "trainer.max_epochs=3",
+        "model.lr=3e-3",
+        "scheduler=constant",
+        "data.augment=false",
+        "data.batch_size=4",
         "callbacks.early_stopping=null",
     )
     summary = train(compose_run(overrides, tmp_path / "run"))

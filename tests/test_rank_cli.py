@@ -36,8 +36,13 @@ def resnet_with_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def source_candidate(weights: Path, label: str = "pretrained") -> dict:
-    return {"name": "timm:test_resnet", "weights": str(weights), "kwargs": {"key_map": [["^fc[.]", None]]},
-            "source_key_map": [], "label": label}
+    return {
+        "name": "timm:test_resnet",
+        "weights": str(weights),
+        "kwargs": {"key_map": [["^fc[.]", None]]},
+        "source_key_map": [],
+        "label": label,
+    }
 
 
 def compose_rank(overrides: list[str], output_dir: Path) -> DictConfig:
@@ -55,12 +60,20 @@ def compose_rank(overrides: list[str], output_dir: Path) -> DictConfig:
 
 def test_parse_candidates_names_configs_and_controls() -> None:
     got = parse_candidates(
-        ["timm:test_vit", "timm_test_resnet", {"config": "timm_test_vit", "pretrained": False},
-         {"name": "timm:test_resnet", "pretrained": False, "weights": "/x.pth", "label": "ctrl"}],
+        [
+            "timm:test_vit",
+            "timm_test_resnet",
+            {"config": "timm_test_vit", "pretrained": False},
+            {"name": "timm:test_resnet", "pretrained": False, "weights": "/x.pth", "label": "ctrl"},
+        ],
         backbone_config,
     )
-    assert [c.label for c in got] == ["timm:test_vit", "timm_test_resnet (random init)",
-                                      "timm_test_vit (random init)", "ctrl"]
+    assert [c.label for c in got] == [
+        "timm:test_vit",
+        "timm_test_resnet (random init)",
+        "timm_test_vit (random init)",
+        "ctrl",
+    ]
     assert got[0] == Candidate(label="timm:test_vit", name="timm:test_vit")
     assert got[1].name == "timm:test_resnet" and got[1].pretrained is False  # the config says so
     assert got[3].weights is None, "random init: the weights are not loaded"
@@ -70,7 +83,9 @@ def test_backbone_config_resolves_assets_and_names_the_closest() -> None:
     cfg = backbone_config("timm_efficientnet_lite0_asset")
     assert cfg["name"] == "timm:tf_efficientnet_lite0"
     assert cfg["kwargs"]["key_map"]["_target_"].endswith("efficientnet_lite_to_timm")
-    with pytest.raises(UnknownNameError, match="unknown backbone config 'timm_tst_resnet'; did you mean 'timm_test_resnet'"):
+    with pytest.raises(
+        UnknownNameError, match="unknown backbone config 'timm_tst_resnet'; did you mean 'timm_test_resnet'"
+    ):
         backbone_config("timm_tst_resnet")
 
 
@@ -79,7 +94,10 @@ def test_backbone_config_resolves_assets_and_names_the_closest() -> None:
     [
         ([], "non-empty list"),
         ("timm:test_vit", "non-empty list"),
-        ([{"name": "timm:test_vit", "pretraind": False}], "unknown key 'pretraind'; did you mean 'pretrained'"),
+        (
+            [{"name": "timm:test_vit", "pretraind": False}],
+            "unknown key 'pretraind'; did you mean 'pretrained'",
+        ),
         ([{"name": "timm:test_vit", "config": "timm_test_vit"}], "exactly one of `name`"),
         ([{"name": "test_vit"}], "not a registry name"),
         ([{"name": "timm:test_vit", "pretrained": "no"}], "pretrained must be true or false"),
@@ -96,8 +114,12 @@ def test_lite_key_maps_keep_the_classifier_for_leep() -> None:
     [lite] = parse_candidates(["timm_efficientnet_lite1_asset"], backbone_config)
     rules = dict(lite.classifier_key_map())
     assert rules[r"^_fc\."] == "classifier."
-    assert rules[r"^_blocks\.20\._depthwise_conv\."] == "blocks.6.0.conv_dw.", "Lite1 has 21 blocks, the last in stage 6"
-    assert dict(lite.backbone_kwargs()["key_map"])[r"^_fc\."] is None, "the backbone itself drops the classifier"
+    assert rules[r"^_blocks\.20\._depthwise_conv\."] == "blocks.6.0.conv_dw.", (
+        "Lite1 has 21 blocks, the last in stage 6"
+    )
+    assert dict(lite.backbone_kwargs()["key_map"])[r"^_fc\."] is None, (
+        "the backbone itself drops the classifier"
+    )
 
 
 def test_source_classifier_is_the_timm_head_on_the_pooled_features(resnet_with_classifier: Path) -> None:
@@ -112,10 +134,16 @@ def test_source_classifier_is_the_timm_head_on_the_pooled_features(resnet_with_c
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(layer(backbone(x)), full(x), atol=1e-5)
-    assert source_classifier(Candidate("c", "timm:test_resnet", pretrained=False), 96) == (None, "random init")
+    assert source_classifier(Candidate("c", "timm:test_resnet", pretrained=False), 96) == (
+        None,
+        "random init",
+    )
     off = Candidate("c", "timm:test_resnet", weights=str(resnet_with_classifier), source_classifier=False)
     assert source_classifier(off, 96)[0] is None
-    assert source_classifier(Candidate("h", "hf:/some/folder"), 32) == (None, "hf: backbones have no source classifier here")
+    assert source_classifier(Candidate("h", "hf:/some/folder"), 32) == (
+        None,
+        "hf: backbones have no source classifier here",
+    )
 
 
 # --- the run -----------------------------------------------------------------------------------------
@@ -128,8 +156,14 @@ def test_rank_writes_the_table_chart_and_json_and_reuses_cached_features(
         f"candidates=[{{name: timm:test_resnet, weights: '{resnet_with_classifier}', kwargs: {{key_map: [['^fc[.]', null]]}},"
         " source_key_map: [], label: pretrained}, timm_test_resnet, {name: timm:test_vit, pretrained: false}]"
     )
-    overrides = [candidates, f"data.root={image_root}", "data.image_size=32", "data.num_workers=0",
-                 f"data.cache_dir={tmp_path / 'cache'}", "num_threads=1"]
+    overrides = [
+        candidates,
+        f"data.root={image_root}",
+        "data.image_size=32",
+        "data.num_workers=0",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "num_threads=1",
+    ]
     result = rank(compose_rank(overrides, tmp_path / "first"))
     out = capsys.readouterr().out
     assert sorted(p.name for p in result.files) == ["rank.json", "rank.md", "rank.png"]
@@ -153,21 +187,33 @@ def test_rank_writes_the_table_chart_and_json_and_reuses_cached_features(
 
 
 def test_rank_refuses_several_processes(image_root: Path, tmp_path: Path) -> None:
-    cfg = compose_rank(["candidates=[timm_test_resnet]", f"data.root={image_root}", "trainer.devices=2"], tmp_path)
+    cfg = compose_rank(
+        ["candidates=[timm_test_resnet]", f"data.root={image_root}", "trainer.devices=2"], tmp_path
+    )
     with pytest.raises(Exception, match="tl-rank runs in one process"):
         rank(cfg)
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "tl_lightning.cli.rank", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tl_lightning.cli.rank", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_cli_errors_are_one_line(image_root: Path, tmp_path: Path) -> None:
     done = _cli(["candidates=[timm_tst_resnet]", f"data.root={image_root}"], tmp_path)
     assert done.returncode == 1
-    assert "error in candidates: UnknownNameError: unknown backbone config 'timm_tst_resnet'; did you mean" in done.stderr
+    assert (
+        "error in candidates: UnknownNameError: unknown backbone config 'timm_tst_resnet'; did you mean"
+        in done.stderr
+    )
     assert "Traceback" not in done.stderr
     done = _cli([f"data.root={image_root}"], tmp_path)
     assert done.returncode == 1 and "candidates is required" in done.stderr
@@ -217,14 +263,24 @@ def test_random_init_controls_rank_below_the_pretrained_lite0(tmp_path: Path) ->
     for digit in range(10):
         (tmp_path / "digits" / str(digit)).mkdir(parents=True)
         for i in rng.choice(np.flatnonzero(rows[:, 784] == digit), size=30, replace=False):
-            Image.fromarray(rows[i, :784].reshape(28, 28).astype(np.uint8)).save(tmp_path / "digits" / str(digit) / f"{i}.png")
+            Image.fromarray(rows[i, :784].reshape(28, 28).astype(np.uint8)).save(
+                tmp_path / "digits" / str(digit) / f"{i}.png"
+            )
     cfg = compose_rank(
-        ["candidates=[timm_efficientnet_lite0_asset,{config: timm_efficientnet_lite0_asset, pretrained: false}]",
-         f"data.root={tmp_path / 'digits'}", "data.image_size=32", "data.num_workers=0", "data.augment=false"],
+        [
+            "candidates=[timm_efficientnet_lite0_asset,{config: timm_efficientnet_lite0_asset, pretrained: false}]",
+            f"data.root={tmp_path / 'digits'}",
+            "data.image_size=32",
+            "data.num_workers=0",
+            "data.augment=false",
+        ],
         tmp_path / "run",
     )
     ranking = rank(cfg).ranking
     assert ranking.names() == ["timm_efficientnet_lite0_asset", "timm_efficientnet_lite0_asset (random init)"]
     pretrained = ranking["timm_efficientnet_lite0_asset"]
     assert pretrained.scores["leep"] is not None and pretrained.linear_probe is not None
-    assert pretrained.scores["linear_probe"] > ranking["timm_efficientnet_lite0_asset (random init)"].scores["linear_probe"]
+    assert (
+        pretrained.scores["linear_probe"]
+        > ranking["timm_efficientnet_lite0_asset (random init)"].scores["linear_probe"]
+    )

@@ -27,8 +27,8 @@ from pathlib import Path
 from tl_lightning.errors import TLError, UnknownNameError, did_you_mean
 
 __all__ = [
-    "AssetUnavailableError",
     "ASSETS",
+    "AssetUnavailableError",
     "asset_path",
     "efficientnet_lite0_path",
     "efficientnet_lite1_path",

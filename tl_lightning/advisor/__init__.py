@@ -22,8 +22,19 @@ Example:
     'feature_extraction'
 """
 
-from tl_lightning.advisor.candidates import Candidate, CandidateRun, candidate_features, parse_candidates, source_classifier
-from tl_lightning.advisor.domain import BatchNormShift, TokenizerFertility, batchnorm_shift, tokenizer_fertility
+from tl_lightning.advisor.candidates import (
+    Candidate,
+    CandidateRun,
+    candidate_features,
+    parse_candidates,
+    source_classifier,
+)
+from tl_lightning.advisor.domain import (
+    BatchNormShift,
+    TokenizerFertility,
+    batchnorm_shift,
+    tokenizer_fertility,
+)
 from tl_lightning.advisor.measurements import Measurements, measure
 from tl_lightning.advisor.race import RaceResult, Rung, successive_halving
 from tl_lightning.advisor.rules import STRATEGIES, Decision, RuleThresholds, choose_strategy

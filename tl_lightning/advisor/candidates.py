@@ -79,7 +79,11 @@ class Candidate:
         from hydra.utils import get_method, instantiate
 
         if self.source_key_map is not None:
-            return instantiate(self.source_key_map, _convert_="all") if _is_target(self.source_key_map) else self.source_key_map
+            return (
+                instantiate(self.source_key_map, _convert_="all")
+                if _is_target(self.source_key_map)
+                else self.source_key_map
+            )
         spec = self.kwargs.get("key_map")
         if spec is None:
             return None

@@ -165,7 +165,10 @@ def batchnorm_shift(
         var_t = (squares / count - mu_t**2).clamp_min(0.0)
         eps = float(bn.eps)
         kl = gaussian_kl(
-            mu_t, var_t + eps, bn.running_mean.detach().double().cpu(), bn.running_var.detach().double().cpu() + eps
+            mu_t,
+            var_t + eps,
+            bn.running_mean.detach().double().cpu(),
+            bn.running_var.detach().double().cpu() + eps,
         )
         per_layer.append((name, float(kl.median())))
     shift = float(np.mean([v for _, v in per_layer])) if per_layer else math.nan
@@ -187,7 +190,9 @@ class TokenizerFertility:
     samples: int
 
 
-def tokenizer_fertility(tokenizer: Any, texts: Sequence[str], *, max_samples: int = 512) -> TokenizerFertility:
+def tokenizer_fertility(
+    tokenizer: Any, texts: Sequence[str], *, max_samples: int = 512
+) -> TokenizerFertility:
     """Subword tokens per word and unknown-token rate of ``tokenizer`` on ``texts`` (the first ``max_samples``).
 
     Raises:

@@ -103,7 +103,11 @@ class Measurements:
     @property
     def relative_gain(self) -> float | None:
         """``(probe - probe_random) / (1 - probe_random)``: the headroom of random features pretraining closes."""
-        if self.probe_accuracy is None or self.random_probe_accuracy is None or self.random_probe_accuracy >= 1.0:
+        if (
+            self.probe_accuracy is None
+            or self.random_probe_accuracy is None
+            or self.random_probe_accuracy >= 1.0
+        ):
             return None
         return (self.probe_accuracy - self.random_probe_accuracy) / (1.0 - self.random_probe_accuracy)
 
@@ -149,7 +153,9 @@ def _class_counts(targets: np.ndarray) -> np.ndarray:
     return np.unique(targets, return_counts=True)[1]
 
 
-def _features(model: nn.Module, datamodule: Any, trainer: Any, cache_dir: Any, batch_size: int | None) -> tuple[Any, Any]:
+def _features(
+    model: nn.Module, datamodule: Any, trainer: Any, cache_dir: Any, batch_size: int | None
+) -> tuple[Any, Any]:
     from tl_lightning.features import FeatureExtractor
 
     extractor = FeatureExtractor(model, cache_dir=cache_dir, batch_size=batch_size, trainer=trainer)
@@ -168,7 +174,9 @@ def _probe(train: Any, val: Any, seed: int) -> tuple[float, float, int]:
 
     targets = np.asarray(train.targets)
     if val is not None:
-        result = linear_probe(train.features, targets, val_features=val.features, val_labels=val.targets, seed=seed)
+        result = linear_probe(
+            train.features, targets, val_features=val.features, val_labels=val.targets, seed=seed
+        )
         val_targets = np.asarray(val.targets)
     else:
         result = linear_probe(train.features, targets, seed=seed)
@@ -246,7 +254,9 @@ def measure(
     if getattr(preprocess, "modality", None) == "text":
         texts = list(getattr(dataset, "texts", []))
         order = np.random.default_rng(seed).permutation(len(texts))[:shift_samples]
-        fertility = tokenizer_fertility(preprocess.tokenizer, [texts[i] for i in order], max_samples=shift_samples)
+        fertility = tokenizer_fertility(
+            preprocess.tokenizer, [texts[i] for i in order], max_samples=shift_samples
+        )
         tokens_per_word, unknown_rate = fertility.tokens_per_word, fertility.unknown_rate
     else:
         order = np.random.default_rng(seed).permutation(len(dataset))[:shift_samples]
@@ -269,8 +279,8 @@ def measure(
     seconds["domain_shift"] = time.perf_counter() - t0
 
     return Measurements(
-        n_train=int(len(train)),
-        num_classes=int(len(counts)),
+        n_train=len(train),
+        num_classes=len(counts),
         min_class_count=int(counts.min()),
         backbone_params=int(sum(p.numel() for p in backbone.parameters())),
         pretrained=pretrained,

@@ -72,7 +72,9 @@ class RaceResult:
                     continue
                 value = rung.scores[name]
                 text = "failed" if value is None else f"{value:.4f}"
-                cells.append(f"**{text}**" if name in rung.kept and len(rung.kept) < len(rung.scores) else text)
+                cells.append(
+                    f"**{text}**" if name in rung.kept and len(rung.kept) < len(rung.scores) else text
+                )
             mark = " (winner)" if name == self.winner else ""
             lines.append(f"| {name}{mark} | " + " | ".join(cells) + " |")
         for name, message in self.errors.items():
@@ -168,7 +170,8 @@ def successive_halving(
             scores[name] = value if math.isfinite(value) else None
             trials[name].report(value if math.isfinite(value) else float("nan"), step=budget)
         ranked = sorted(
-            (n for n in alive if scores[n] is not None), key=lambda n: -sign * scores[n]  # type: ignore[operator]
+            (n for n in alive if scores[n] is not None),
+            key=lambda n: -sign * scores[n],  # type: ignore[operator]
         )  # stable: ties keep the order of preference
         if not ranked:
             if first_error is not None and len(errors) == len(alive):

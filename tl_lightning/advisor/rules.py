@@ -247,21 +247,26 @@ def choose_strategy(measurements: Measurements, thresholds: RuleThresholds | Non
         return Decision(strategy, rule, origin, reason, similarity, ordered, m, t)
 
     per_class = m.examples_per_class
-    size = "small" if per_class < t.small_per_class else "large" if per_class >= t.large_per_class else "medium"
-    size_text = (
-        f"{per_class:.0f} examples per class ({size}: small < {t.small_per_class:g}, large >= {t.large_per_class:g})"
+    size = (
+        "small" if per_class < t.small_per_class else "large" if per_class >= t.large_per_class else "medium"
     )
+    size_text = f"{per_class:.0f} examples per class ({size}: small < {t.small_per_class:g}, large >= {t.large_per_class:g})"
     kappa, gain = m.probe_kappa, m.relative_gain
     large_model = m.params_per_example >= t.large_model
 
     if not m.pretrained:
         return decide(
-            "scratch", "R0 no-pretrained-weights", "nothing to transfer",
-            "the backbone has no pretrained weights (backbone.pretrained=false)", ("scratch",),
+            "scratch",
+            "R0 no-pretrained-weights",
+            "nothing to transfer",
+            "the backbone has no pretrained weights (backbone.pretrained=false)",
+            ("scratch",),
         )
     if gain is not None and gain < t.min_gain:
         return decide(
-            "scratch", "R1 no-transfer", "measured override",
+            "scratch",
+            "R1 no-transfer",
+            "measured override",
             f"frozen pretrained features classify no better than random-init ones of the same architecture "
             f"(probe {m.probe_accuracy:.3f} vs {m.random_probe_accuracy:.3f}: gain {gain:.2f} < {t.min_gain:g}); the "
             "pretraining carries nothing measurable for this task, so pretrained strategies risk negative transfer",
@@ -269,7 +274,9 @@ def choose_strategy(measurements: Measurements, thresholds: RuleThresholds | Non
         )
     if kappa is not None and kappa >= t.solved_kappa:
         return decide(
-            "feature_extraction", "R2 solved-by-frozen-features", "measured override",
+            "feature_extraction",
+            "R2 solved-by-frozen-features",
+            "measured override",
             f"the frozen features already solve the task (probe kappa {kappa:.2f} >= {t.solved_kappa:g}, accuracy "
             f"{m.probe_accuracy:.3f}); training the backbone has little left to gain, whatever the data size",
             ("feature_extraction", "lp_ft", "top_n"),
@@ -277,14 +284,18 @@ def choose_strategy(measurements: Measurements, thresholds: RuleThresholds | Non
     if size == "small":
         if not similar:
             return decide(
-                "top_n", "R4 small-different", "seed table",
+                "top_n",
+                "R4 small-different",
+                "seed table",
                 f"{size_text}, different domain: keep the lower (generic) layers frozen and re-learn the top groups, "
                 "the closest option to the seed's 'feature extraction from lower layers'",
                 ("top_n", "lp_ft", "feature_extraction", "llrd"),
             )
         if kappa is not None and kappa < t.headroom_kappa and not large_model:
             return decide(
-                "lp_ft", "R3b small-similar-headroom", "measured override",
+                "lp_ft",
+                "R3b small-similar-headroom",
+                "measured override",
                 f"{size_text}, similar domain, where the seed says feature extraction; but the frozen features "
                 f"solve only {kappa:.2f} of the task (kappa < {t.headroom_kappa:g}) and the backbone is not large for "
                 f"the data ({m.params_per_example:,.0f} params per example < {t.large_model:,.0f}): LP-FT keeps the "
@@ -292,38 +303,50 @@ def choose_strategy(measurements: Measurements, thresholds: RuleThresholds | Non
                 ("lp_ft", "feature_extraction", "top_n", "l2sp"),
             )
         return decide(
-            "feature_extraction", "R3 small-similar", "seed table",
+            "feature_extraction",
+            "R3 small-similar",
+            "seed table",
             f"{size_text}, similar domain: train the head on frozen features",
             ("feature_extraction", "lp_ft", "top_n", "l2sp"),
         )
     if size == "large":
         if similar:
             return decide(
-                "full", "R5 large-similar", "seed table",
+                "full",
+                "R5 large-similar",
+                "seed table",
                 f"{size_text}, similar domain: fine-tune everything at a small LR",
                 ("full", "lp_ft", "llrd"),
             )
         return decide(
-            "llrd", "R6 large-different", "seed table",
+            "llrd",
+            "R6 large-different",
+            "seed table",
             f"{size_text}, different domain: fine-tune everything, upper layers at a larger LR (layer-wise decay)",
             ("llrd", "full", "lp_ft"),
         )
     if similar:
         if large_model:
             return decide(
-                "l2sp", "R7 medium-similar", "extension",
+                "l2sp",
+                "R7 medium-similar",
+                "extension",
                 f"{size_text}, similar domain, and a backbone large for the data ({m.params_per_example:,.0f} params "
                 f"per example >= {t.large_model:,.0f}): fine-tune everything, pulled towards the pretrained weights",
                 ("l2sp", "lp_ft", "full", "feature_extraction"),
             )
         return decide(
-            "full", "R7 medium-similar", "extension",
+            "full",
+            "R7 medium-similar",
+            "extension",
             f"{size_text}, similar domain: fine-tune everything at a small LR, as the seed does for large data "
             f"(the backbone has {m.params_per_example:,.0f} params per example < {t.large_model:,.0f})",
             ("full", "lp_ft", "llrd", "l2sp"),
         )
     return decide(
-        "llrd", "R8 medium-different", "extension",
+        "llrd",
+        "R8 medium-different",
+        "extension",
         f"{size_text}, different domain: fine-tune everything, upper layers at a larger LR, as the seed does for "
         "large data",
         ("llrd", "full", "lp_ft", "top_n"),

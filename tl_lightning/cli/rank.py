@@ -110,7 +110,9 @@ def _check_options(cfg: DictConfig) -> None:
     for score in scores:
         check_choice("scores", score, SCORE_NAMES)
     check_choice("primary", cfg.primary, SCORE_NAMES)
-    check_int("fine_tune_epochs", cfg.fine_tune_epochs, low=1, hint="the epochs the fine-tuning estimate assumes")
+    check_int(
+        "fine_tune_epochs", cfg.fine_tune_epochs, low=1, hint="the epochs the fine-tuning estimate assumes"
+    )
     if cfg.get("batch_size") is not None:
         check_int("batch_size", cfg.batch_size, low=1)
     if cfg.get("num_threads") is not None:

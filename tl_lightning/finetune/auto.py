@@ -42,7 +42,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tl_lightning._checks import check_int
 from tl_lightning.errors import ConfigurationError, UnknownNameError, did_you_mean
 
-__all__ = ["DECISION_FILE", "AutoOptions", "compose_with_finetune", "decide_strategy", "resolve_auto_finetune"]
+__all__ = [
+    "DECISION_FILE",
+    "AutoOptions",
+    "compose_with_finetune",
+    "decide_strategy",
+    "resolve_auto_finetune",
+]
 
 #: the decision of ``finetune=auto``, in the run folder
 DECISION_FILE = "auto_finetune.json"
@@ -90,7 +96,9 @@ class AutoOptions:
             if key in values:
                 values[key] = check_int(f"finetune.{key}", values[key], low=1)
         if "search_reduction_factor" in values:
-            values["search_reduction_factor"] = check_int("finetune.search_reduction_factor", values["search_reduction_factor"], low=2)
+            values["search_reduction_factor"] = check_int(
+                "finetune.search_reduction_factor", values["search_reduction_factor"], low=2
+            )
         return cls(**values)
 
 
@@ -111,7 +119,9 @@ def _compose(config_name: str, overrides: list[str]) -> DictConfig:
         try:
             return compose(config_name=config_name, overrides=overrides)
         except MissingConfigException as err:
-            strategy = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("finetune=")), "?")
+            strategy = next(
+                (o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("finetune=")), "?"
+            )
             known = GlobalHydra.instance().config_loader().get_group_options("finetune")
             raise UnknownNameError(
                 f"finetune option {strategy!r} does not exist{did_you_mean(strategy, known)} Options: {sorted(known)}"
@@ -150,10 +160,10 @@ def compose_with_finetune(cfg: DictConfig, strategy: str, extra: Sequence[str] =
     kept = [o for o in task if not (_key(o) == "finetune" or _key(o).startswith("finetune."))]
     composed = _compose(config_name, [*search_path, *kept, f"finetune={strategy}", *extra])
     with open_dict(composed):
-        try:
-            composed.paths.output_dir = str(cfg.paths.output_dir)
-        except Exception:  # noqa: BLE001 - unresolvable here: the new config resolves it as the old one would
-            pass
+        # the run folder as this run resolved it (tl-train: Hydra's; tests and notebooks: set by hand)
+        output_dir = OmegaConf.select(cfg, "paths.output_dir", throw_on_resolution_failure=False)
+        if output_dir is not None:
+            composed.paths.output_dir = str(output_dir)
         if "extras" in cfg:
             composed.extras = cfg.extras
     return composed
@@ -209,7 +219,9 @@ def decide_strategy(cfg: DictConfig, options: AutoOptions | None = None) -> Any:
     def build(pretrained: bool) -> Any:
         overrides: dict[str, Any] = {} if pretrained else {"pretrained": False, "weights": None}
         torch.manual_seed(int(cfg.seed))
-        return hydra.utils.instantiate(cfg.model, labels=labels, num_classes=len(labels), _convert_="all", **overrides)
+        return hydra.utils.instantiate(
+            cfg.model, labels=labels, num_classes=len(labels), _convert_="all", **overrides
+        )
 
     with config_step(f"model (backbone.name={cfg.backbone.name!r})"):
         model = build(pretrained=True)
@@ -244,12 +256,16 @@ def decide_strategy(cfg: DictConfig, options: AutoOptions | None = None) -> Any:
     return choose_strategy(measurements, thresholds)
 
 
-def _race(cfg: DictConfig, shortlist: Sequence[str], options: AutoOptions, run: Callable[[DictConfig], Any]) -> Any:
+def _race(
+    cfg: DictConfig, shortlist: Sequence[str], options: AutoOptions, run: Callable[[DictConfig], Any]
+) -> Any:
     from tl_lightning.advisor import successive_halving
 
     devices = cfg.trainer.get("devices", 1)
-    single = str(devices) == "1" or (OmegaConf.is_list(devices) and len(devices) == 1) or (
-        str(devices) == "auto" and str(cfg.trainer.get("accelerator")) == "cpu"
+    single = (
+        str(devices) == "1"
+        or (OmegaConf.is_list(devices) and len(devices) == 1)
+        or (str(devices) == "auto" and str(cfg.trainer.get("accelerator")) == "cpu")
     )
     if not single or int(cfg.trainer.get("num_nodes", 1) or 1) != 1:
         raise ConfigurationError(
@@ -314,7 +330,9 @@ def resolve_auto_finetune(cfg: DictConfig, run: Callable[[DictConfig], Any] | No
     if recorded.is_file():
         record = json.loads(recorded.read_text())
         strategy = str(record["strategy"])
-        _say(f"[finetune=auto] continuing with finetune={strategy}, chosen when this run started ({recorded})")
+        _say(
+            f"[finetune=auto] continuing with finetune={strategy}, chosen when this run started ({recorded})"
+        )
         return compose_with_finetune(cfg, strategy)
 
     start = time.perf_counter()
