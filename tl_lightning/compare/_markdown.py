@@ -98,6 +98,18 @@ def pick_sentence(report: ComparisonReport) -> str:
     )
 
 
+def _recipe(settings: dict) -> str:
+    """``"1e-4"``, or ``"1e-4 (head 1e-3)"`` when the head has its own LR."""
+
+    def fmt(value: object) -> str:
+        return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+    lr, head = settings.get("lr"), settings.get("head_lr")
+    if lr is None:
+        return "?"
+    return fmt(lr) + (f" (head {fmt(head)})" if head is not None and head != lr else "")
+
+
 def _difference_cell(d: Difference | None) -> str:
     if d is None:
         return "—"
@@ -249,11 +261,10 @@ def render_markdown(report: ComparisonReport, picture: str | None = "report.png"
         span = "—" if s.min is None else f"{_num(s.min)} – {_num(s.max)}"
         versus = "baseline" if s.name == report.baseline else _difference_cell(vs.get(s.name))
         params = _params(s.trainable_params) + (f" of {_params(s.total_params)}" if s.total_params else "")
-        lr, epochs = s.settings.get("lr"), s.settings.get("max_epochs")
+        epochs = s.settings.get("max_epochs")
         lines.append(
             f"| {name} | {len(s.values)}/{s.planned} | {spread} | {span} | {versus} | "
-            f"{_seconds(s.train_seconds)} | {params} | {lr if lr is not None else '?'}, "
-            f"{epochs if epochs is not None else '?'} |"
+            f"{_seconds(s.train_seconds)} | {params} | {_recipe(s.settings)}, {epochs if epochs is not None else '?'} |"
         )
     lines.append("")
 

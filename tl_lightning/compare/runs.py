@@ -52,7 +52,7 @@ class RunRecord:
         folder: The job folder, or ``None``.
         message: Why a run did not complete (the error or signal), or why it is missing.
         settings: A few settings that explain a result, from the job's config: ``lr``,
-            ``max_epochs``, ``pretrained``.
+            ``head_lr``, ``max_epochs``, ``pretrained``.
     """
 
     job: str
@@ -170,6 +170,7 @@ def _record_from_folder(job: str, folder: Path, label: str, seed: int | None) ->
     )
     settings = {
         "lr": _select(config, "model.lr"),
+        "head_lr": _select(config, "model.head_lr"),
         "max_epochs": _select(config, "trainer.max_epochs"),
         "pretrained": _select(config, "backbone.pretrained"),
     }

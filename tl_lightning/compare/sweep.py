@@ -188,6 +188,17 @@ class StrategyComparison(Callback):
         task = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task") or []]
         parsed = OverridesParser.create().parse_overrides(task)
         swept = {o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()}
+        fixed = {o.get_key_element().lstrip("+~"): o for o in parsed if not o.is_sweep_override()}
+        for key, setting in (
+            (_STRATEGY_KEY, "compare.strategies=[scratch,full]"),
+            (_SEED_KEY, "compare.seeds=[7]"),
+        ):
+            if key in fixed:
+                # Hydra would let the single value replace the whole list, silently
+                _refuse(
+                    f"{key}={fixed[key].get_value_element_as_str()} on the command line replaces the compared "
+                    f"{'strategies' if key == _STRATEGY_KEY else 'seeds'}. Fix: {setting}"
+                )
         bad = sorted(k for k in swept if k.startswith("compare."))
         if bad:
             _refuse(
