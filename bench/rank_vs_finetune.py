@@ -9,7 +9,8 @@ architectures with random weights (negative controls):
 * text: all-MiniLM-L6-v2 and its random-init architecture on Rotten Tomatoes (1,000 training
   snippets, as ``experiment=demo``).
 
-For each set: ``tl-rank`` (the Python API of the CLI, same data config) ranks the candidates;
+For each set: ``tl-rank`` (the Python API of the CLI, same data config, its own feature cache:
+a second run reads the features back) ranks the candidates;
 then every candidate is fine-tuned briefly with ``tl-train`` (``finetune=full``, the same split,
 seed, epochs and LR for all; test accuracy of the best-validation checkpoint); the script prints
 Kendall's tau-b of each score against the test accuracies, whether every random-init candidate
@@ -18,6 +19,8 @@ fine-tuning time. ``--json`` keeps everything.
 
     python bench/rank_vs_finetune.py --workdir /tmp/rank_bench --json /tmp/rank_bench/results.json
     python bench/rank_vs_finetune.py --only image --per-class 100 --epochs 2      # smaller
+    # the ranking again (fresh --workdir: no cached features), test accuracies from the first run
+    python bench/rank_vs_finetune.py --workdir /tmp/rank_again --rank-only --accuracies /tmp/rank_bench/results.json
 """
 
 from __future__ import annotations
@@ -108,8 +111,16 @@ def candidate_overrides(entry: str) -> tuple[str, list[str]]:
 
 
 def run_set(
-    name: str, data: list[str], train_extra: list[str], configs: list[str], workdir: Path, seed: int
+    name: str,
+    data: list[str],
+    train_extra: list[str],
+    configs: list[str],
+    workdir: Path,
+    seed: int,
+    threads: int,
+    known: dict | None = None,
 ) -> dict:
+    """Rank, fine-tune every candidate (or take ``known`` test accuracies and train times), compare."""
     from tl_lightning.cli.rank import rank
     from tl_lightning.cli.train import train
     from tl_lightning.transferability import kendall_tau
@@ -121,7 +132,13 @@ def run_set(
     cache = workdir / "feature_cache"
     cfg = compose(
         "rank",
-        [f"candidates=[{candidates}]", *data, f"data.cache_dir={cache}", f"seed={seed}"],
+        [
+            f"candidates=[{candidates}]",
+            *data,
+            f"data.cache_dir={cache}",
+            f"seed={seed}",
+            f"num_threads={threads}",
+        ],
         workdir / name / "rank",
     )
     t0 = time.perf_counter()
@@ -129,9 +146,9 @@ def run_set(
     rank_wall = time.perf_counter() - t0
     ranking = result.ranking
 
-    accuracies: dict[str, float] = {}
-    train_seconds: dict[str, float] = {}
-    for entry in entries:
+    accuracies: dict[str, float] = dict((known or {}).get("test_accuracy", {}))
+    train_seconds: dict[str, float] = dict((known or {}).get("train_seconds", {}))
+    for entry in [] if known else entries:
         label, backbone = candidate_overrides(entry)
         run_cfg = compose(
             "train",
@@ -217,6 +234,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="/tmp/rank_vs_finetune")
     ap.add_argument("--only", choices=["image", "text"], default=None)
+    ap.add_argument(
+        "--rank-only", action="store_true", help="rank, and read test accuracies from --accuracies"
+    )
+    ap.add_argument("--accuracies", default=None, help="results.json of an earlier run (its test accuracies)")
     ap.add_argument("--per-class", type=int, default=200, help="MNIST digits per class (10 classes)")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs of every candidate")
@@ -231,7 +252,16 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    try:  # numpy's BLAS (the scores) too: two threads spin against each other on a shared machine
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=args.threads)
+    except ImportError:
+        pass
     workdir = Path(args.workdir)
+    if args.rank_only and not args.accuracies:
+        ap.error("--rank-only needs --accuracies <results.json of an earlier run>")
+    earlier = json.loads(Path(args.accuracies).read_text()) if args.accuracies else {}
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
         f"{args.threads} torch threads",
@@ -256,6 +286,8 @@ def main() -> None:
             IMAGE_CANDIDATES,
             workdir,
             args.seed,
+            args.threads,
+            earlier.get("image") if args.rank_only else None,
         )
         print(
             markdown(f"MNIST-5k, {10 * args.per_class} digits at {args.image_size} px", results["image"]),
@@ -275,7 +307,10 @@ def main() -> None:
             "model.head_lr=1e-3",
             "scheduler.warmup_fraction=0.1",
         ]
-        results["text"] = run_set("text", data, train_extra, TEXT_CANDIDATES, workdir, args.seed)
+        known = earlier.get("text") if args.rank_only else None
+        results["text"] = run_set(
+            "text", data, train_extra, TEXT_CANDIDATES, workdir, args.seed, args.threads, known
+        )
         print(markdown(f"Rotten Tomatoes, {args.text_train} training snippets", results["text"]), flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

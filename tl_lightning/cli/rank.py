@@ -23,10 +23,12 @@ of the winner read them back. A bad option or candidate prints one line and exit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,12 +141,6 @@ def rank(cfg: DictConfig) -> RankResult:
     Returns:
         The :class:`RankResult` (its files are written, the table printed).
     """
-    import lightning as L
-    import torch
-
-    from tl_lightning.advisor.candidates import candidate_features, parse_candidates
-    from tl_lightning.transferability import COST_BUDGET, rank_candidates
-
     start = time.perf_counter()
     _check_options(cfg)
     if OmegaConf.is_missing(cfg, "candidates"):
@@ -152,8 +148,34 @@ def rank(cfg: DictConfig) -> RankResult:
             "candidates is required: tl-rank 'candidates=[timm_efficientnet_lite0_asset,{config: "
             "timm_efficientnet_lite0_asset, pretrained: false}]' data.root=<image folder>"
         )
-    if cfg.get("num_threads"):
-        torch.set_num_threads(int(cfg.num_threads))
+    with _thread_limit(cfg.get("num_threads")):
+        return _rank(cfg, start)
+
+
+@contextlib.contextmanager
+def _thread_limit(threads: int | None) -> Iterator[None]:
+    """torch's threads, and numpy's BLAS threads when threadpoolctl is installed (the scores run in numpy)."""
+    import torch
+
+    if not threads:
+        yield
+        return
+    torch.set_num_threads(int(threads))
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=int(threads)):
+        yield
+
+
+def _rank(cfg: DictConfig, start: float) -> RankResult:
+    import lightning as L
+
+    from tl_lightning.advisor.candidates import candidate_features, parse_candidates
+    from tl_lightning.transferability import COST_BUDGET, rank_candidates
+
     with config_step("candidates"):
         candidates = parse_candidates(cfg.candidates, backbone_config)
     L.seed_everything(cfg.seed, verbose=False)
