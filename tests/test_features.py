@@ -389,6 +389,16 @@ def test_head_fit_writes_the_lbfgs_solution(images: Path, tmp_path: Path) -> Non
     torch.testing.assert_close(model.head.fc.weight.detach(), before + 1.0)
 
 
+def test_head_fit_without_a_validation_split_holds_out_and_refits(images: Path, tmp_path: Path) -> None:
+    dm = _image_dm(images, val_fraction=0.0)
+    model = _image_model()
+    dm.set_preprocess(model.backbone.preprocess)
+    head_fit = LinearHeadFit(val_fraction=0.25)
+    _trainer(tmp_path, [GradualUnfreezing(preset="all_frozen"), head_fit], max_epochs=0).fit(model, dm)
+    assert head_fit.fit is not None and head_fit.fit.held_out
+    assert head_fit.fit.n_fit == len(dm.feature_dataset("train")), "the chosen strength is refitted on all of train"
+
+
 def test_head_fit_needs_a_linear_head(images: Path, tmp_path: Path) -> None:
     dm = _image_dm(images)
     model = _image_model(head="mlp", head_hidden=[8])
@@ -461,3 +471,42 @@ def test_tl_train_augmentation_with_cached_features_is_one_error(images: Path, t
     cfg = compose_run(["experiment=tiny_image", f"data.root={images}", "finetune=feature_extraction",
                        "data.augment=true", "finetune.cached_features=false", "trainer.fast_dev_run=true"], tmp_path / "b")
     assert "test/acc" in train(cfg).test_metrics
+
+
+# --- DDP -----------------------------------------------------------------------------------
+
+
+def _head_fit_run(images: Path, root: Path, devices: int) -> TransferClassifier:
+    pl.seed_everything(0)
+    dm = _image_dm(images, batch_size=3)
+    model = _image_model()
+    dm.set_preprocess(model.backbone.preprocess)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        max_epochs=0,  # on_fit_start fits the head; nothing trains after it
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(root),
+        callbacks=[GradualUnfreezing(preset="all_frozen"), LinearHeadFit(l2_grid=[1e-2, 1e-1])],
+    )
+    trainer.fit(model, CachedFeatureDataModule(dm))
+    return model
+
+
+@pytest.mark.ddp
+def test_ddp_ranks_cache_their_shards_and_match_one_process(tmp_path: Path) -> None:
+    """2 processes (9 training images: uneven shards, padded) store the same features as 1 process."""
+    odd = _images(tmp_path / "odd", per_class=7)  # 3 train images per class
+    one = _head_fit_run(odd, tmp_path / "one", devices=1)
+    two = _head_fit_run(odd, tmp_path / "two", devices=2)
+    folders = {name: sorted((tmp_path / name / "feature_cache").glob("features-*")) for name in ("one", "two")}
+    assert [f.name for f in folders["one"]] == [f.name for f in folders["two"]] and len(folders["one"]) == 2
+    for a, b in zip(folders["one"], folders["two"]):
+        np.testing.assert_allclose(np.load(a / "features.npy"), np.load(b / "features.npy"), atol=1e-5, rtol=1e-5)
+        np.testing.assert_array_equal(np.load(a / "targets.npy"), np.load(b / "targets.npy"))
+    torch.testing.assert_close(one.head.fc.weight, two.head.fc.weight, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(one.head.fc.bias, two.head.fc.bias, atol=1e-4, rtol=1e-4)

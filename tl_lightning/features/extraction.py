@@ -24,7 +24,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +182,8 @@ class FeatureExtractor:
         """The :class:`FeatureKey` of ``split``'s features."""
         _, backbone = _features_fn(self.model)
         dataset = datamodule.feature_dataset(split)
-        name = getattr(getattr(self.model, "hparams", {}), "get", lambda *_: None)("backbone")
+        hparams = getattr(self.model, "hparams", None)
+        name = hparams.get("backbone") if isinstance(hparams, Mapping) else None
         return FeatureKey(
             backbone=str(name or getattr(backbone, "name", "") or type(backbone).__name__),
             weights=self.weights(),

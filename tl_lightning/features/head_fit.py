@@ -34,7 +34,7 @@ from torch import nn
 from typing_extensions import override
 
 from tl_lightning._checks import check_choice, check_int
-from tl_lightning.errors import ConfigurationError
+from tl_lightning.errors import ConfigurationError, DataError
 from tl_lightning.features.cache import DEFAULT_MEMMAP_BYTES, CachedSplit
 from tl_lightning.features.datamodule import CachedFeatureDataModule
 from tl_lightning.features.extraction import FeatureExtractor
@@ -142,7 +142,7 @@ class LinearHeadFit(Callback):
         train = extractor.split(dm, "train")
         try:
             has_val = len(dm.feature_dataset("val")) > 0
-        except Exception:  # noqa: BLE001 - no val split (val_fraction=0): hold part of train out
+        except DataError:  # no val split (val_fraction=0): part of the training split is held out
             has_val = False
         return train, extractor.split(dm, "val") if has_val else None
 
