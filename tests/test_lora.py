@@ -172,6 +172,28 @@ def test_merged_and_unmerged_logits_agree(arch: str, targets: list[str] | None) 
     model.backbone.layer_groups()  # the contract holds again (covers every parameter)
 
 
+def test_adapter_init_is_seeded_not_drawn_from_the_global_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DDP / FSDP processes build the same adapter whatever each consumed from the global RNG before."""
+
+    def lora_a(seed: int | None, draws: int) -> dict[str, torch.Tensor]:
+        model = BoringFT()
+        torch.manual_seed(123)
+        torch.rand(draws)  # a process that consumed more random numbers before setup
+        add_lora(model, r=2, alpha=4, target_modules=["0"], groups="model", seed=seed)
+        after = torch.rand(1)
+        torch.manual_seed(123)
+        torch.rand(draws)
+        assert torch.equal(after, torch.rand(1)), "the global stream was left as it was"
+        return {k: v.clone() for k, v in model.state_dict().items() if "lora_A" in k}
+
+    a, b = lora_a(5, 0), lora_a(5, 1000)
+    assert a and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], lora_a(6, 0)[k]) for k in a)
+    monkeypatch.setenv("PL_GLOBAL_SEED", "5")  # seed_everything(5): the run's seed is the default
+    c = lora_a(None, 7)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
 def test_gradual_unfreezing_is_refused(tmp_path: Path) -> None:
     model = BoringFT()
     with pytest.raises(ConfigurationError, match="GradualUnfreezing.*unfreeze"):

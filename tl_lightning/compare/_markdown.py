@@ -5,12 +5,34 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from tl_lightning.compare.report import SEED_NEGATIVE_TRANSFER, Difference, StrategyStats, detectable_t
+from tl_lightning.compare._stats import detectable_t
 
 if TYPE_CHECKING:
-    from tl_lightning.compare.report import ComparisonReport
+    from tl_lightning.compare.report import ComparisonReport, Difference, StrategyStats
 
-__all__ = ["pick_sentence", "render_markdown"]
+__all__ = ["SEED_NEGATIVE_TRANSFER", "pick_sentence", "render_markdown"]
+
+#: The seed document's section on negative transfer, quoted word for word in the report.
+SEED_NEGATIVE_TRANSFER = {
+    "cause": (
+        "Source and target domains share insufficient structure. Pretrained features are misleading for the "
+        "target task (e.g., ImageNet to manufacturing defect detection where relevant features differ "
+        "fundamentally)."
+    ),
+    "symptoms": (
+        "Fine-tuned model performs worse than a from-scratch baseline. Validation loss exceeds random "
+        "initialization. Training loss decreases but validation stagnates."
+    ),
+    "mitigation": (
+        "Always compare against a from-scratch baseline. Try: (1) use only lower pretrained layers, (2) choose a "
+        "domain-closer pretrained model, (3) continued pretraining on unlabeled target data, (4) domain "
+        "adaptation techniques."
+    ),
+    "misalignment_symptoms": (
+        "Very poor performance from the start. Near-random predictions even before fine-tuning. Loss does not "
+        "decrease."
+    ),
+}
 
 
 def _num(value: float | None) -> str:

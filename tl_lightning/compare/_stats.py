@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from tl_lightning._checks import check_number
 
-__all__ = ["PairedTest", "paired_t_test", "student_t_critical", "student_t_two_sided_p"]
+__all__ = ["PairedTest", "detectable_t", "paired_t_test", "student_t_critical", "student_t_two_sided_p"]
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -171,3 +171,8 @@ def paired_t_test(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -
         p = student_t_two_sided_p(t, n - 1)
     detectable = student_t_critical(alpha, n - 1) * se
     return PairedTest(n, mean, sd, t, p, detectable, alpha)
+
+
+def detectable_t(alpha: float, n: int) -> float | None:
+    """The critical t of a paired test over ``n`` seeds (``None`` below 2 seeds)."""
+    return student_t_critical(alpha, n - 1) if n >= 2 else None

@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from tl_lightning._checks import check_choice, check_number
-from tl_lightning.compare._stats import paired_t_test, student_t_critical
+from tl_lightning.compare._markdown import SEED_NEGATIVE_TRANSFER, pick_sentence, render_markdown
+from tl_lightning.compare._stats import detectable_t, paired_t_test
 from tl_lightning.compare.runs import RunRecord
 from tl_lightning.errors import ConfigurationError
 
@@ -39,28 +40,6 @@ __all__ = [
     "build_report",
     "default_mode",
 ]
-
-#: The seed document's section on negative transfer, quoted word for word in the report.
-SEED_NEGATIVE_TRANSFER = {
-    "cause": (
-        "Source and target domains share insufficient structure. Pretrained features are misleading for the "
-        "target task (e.g., ImageNet to manufacturing defect detection where relevant features differ "
-        "fundamentally)."
-    ),
-    "symptoms": (
-        "Fine-tuned model performs worse than a from-scratch baseline. Validation loss exceeds random "
-        "initialization. Training loss decreases but validation stagnates."
-    ),
-    "mitigation": (
-        "Always compare against a from-scratch baseline. Try: (1) use only lower pretrained layers, (2) choose a "
-        "domain-closer pretrained model, (3) continued pretraining on unlabeled target data, (4) domain "
-        "adaptation techniques."
-    ),
-    "misalignment_symptoms": (
-        "Very poor performance from the start. Near-random predictions even before fine-tuning. Loss does not "
-        "decrease."
-    ),
-}
 
 Verdict = Literal["better", "worse", "within noise", "untested"]
 
@@ -198,8 +177,6 @@ class ComparisonReport:
         Args:
             picture: File name of the bar chart to embed, or ``None``.
         """
-        from tl_lightning.compare._markdown import render_markdown
-
         return render_markdown(self, picture)
 
 
@@ -372,8 +349,6 @@ def build_report(
         runs=list(records),
         sweep_dir=sweep_dir,
     )
-    from tl_lightning.compare._markdown import pick_sentence
-
     report.pick_sentence = pick_sentence(report)
     return report
 
@@ -385,8 +360,3 @@ def _strategy_name(arm: str) -> str:
 
 def _by_name(strategies: Sequence[StrategyStats], name: str) -> StrategyStats:
     return next(s for s in strategies if s.name == name)
-
-
-def detectable_t(alpha: float, n: int) -> float | None:
-    """The critical t of a paired test over ``n`` seeds (``None`` below 2 seeds)."""
-    return student_t_critical(alpha, n - 1) if n >= 2 else None

@@ -29,7 +29,7 @@ Example:
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
     >>> y = rng.integers(0, 3, 300)
-    >>> x = 5.0 * rng.normal(size=(300, 8)) + 10.0 * np.eye(8)[y]
+    >>> x = 2.0 * rng.normal(size=(300, 8)) + 10.0 * np.eye(8)[y]
     >>> fit = fit_logistic_regression(x, y, num_classes=3)
     >>> fit.weight.shape, fit.bias.shape, fit.accuracy > 0.9
     ((3, 8), (3,), True)

@@ -10,6 +10,7 @@ model family from the grouping engine.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from torch import nn
 from tl_lightning.backbones._base import Backbone
 from tl_lightning.errors import ConfigurationError
 
-__all__ = ["LoraAdapter", "get_adapter", "inject_lora", "merge_lora", "base_digest", "adapter_parameters"]
+__all__ = ["LoraAdapter", "adapter_parameters", "base_digest", "get_adapter", "inject_lora", "lora_init_seed", "merge_lora"]
 
 #: where the adapter's description lives on the module it was added to (not a submodule, not state)
 _ATTR = "_tl_lora_adapter"
@@ -121,12 +122,19 @@ def inject_lora(
     alpha: float,
     dropout: float,
     keep_trainable: Iterable[nn.Parameter] | Iterable[str] = (),
+    seed: int | None = None,
 ) -> LoraAdapter:
     """Add a LoRA adapter to the layers ``target_modules`` of ``pl_module.<root>`` with PEFT.
 
     Everything under ``root`` is frozen except the adapter (PEFT's own rule) and
     ``keep_trainable`` (the head, when it lives under ``root``). tl_lightning backbones forget
     their cached layer groups, so the next ``layer_groups()`` includes the adapter weights.
+
+    The adapter's random initialisation (PEFT's Kaiming-uniform ``A``; ``B`` starts at zero)
+    draws from its own generator seeded with ``seed`` (see :func:`lora_init_seed`), not from the
+    global one: every process of a DDP / FSDP run builds the same adapter, the same seed gives
+    the same adapter whatever ran before, and the global random stream (data order,
+    augmentation) is left as it was.
 
     Raises:
         ConfigurationError: PEFT cannot adapt one of the layers (an unsupported layer type).
@@ -139,8 +147,11 @@ def inject_lora(
     keep_names = tuple(n for n, p in own.items() if any(p is k for k in keep))
     digest = base_digest(module, exclude=keep)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=_exact(target_modules), bias="none")
+    devices = sorted({p.device.index or 0 for p in module.parameters() if p.device.type == "cuda"})
     try:
-        inject_adapter_in_model(config, module)
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(lora_init_seed(seed))
+            inject_adapter_in_model(config, module)
     except (ValueError, TypeError, RuntimeError) as err:
         raise ConfigurationError(
             f"PEFT could not add LoRA to the target modules {list(target_modules)[:6]}"
@@ -166,6 +177,22 @@ def inject_lora(
     pl_module.__dict__[_ATTR] = adapter
     reset_layer_groups(pl_module)
     return adapter
+
+
+def lora_init_seed(seed: int | None = None) -> int:
+    """The seed of a LoRA adapter's initialisation: ``seed``, else the run's global seed, else 0.
+
+    The run's global seed is what ``lightning.seed_everything`` (and ``tl-train``'s ``seed=``) set
+    in ``PL_GLOBAL_SEED``, which Lightning passes on to every process it launches.
+
+    Example:
+        >>> lora_init_seed(7)
+        7
+    """
+    if seed is not None:
+        return int(seed)
+    env = os.environ.get("PL_GLOBAL_SEED", "")
+    return int(env) if env.lstrip("-").isdigit() else 0
 
 
 def reset_layer_groups(pl_module: nn.Module) -> None:

@@ -43,6 +43,7 @@ def add_lora(
     *,
     groups: GroupsSpec = None,
     head: HeadSpec = "auto",
+    seed: int | None = None,
 ) -> LoraAdapter:
     """Add a LoRA adapter to the backbone of ``pl_module`` (without a Trainer); the base is frozen, the head trains.
 
@@ -71,7 +72,9 @@ def add_lora(
     module = pl_module.get_submodule(root) if root else pl_module
     inside = {id(p) for p in module.parameters()}
     keep = [p for _, p in targets.head if id(p) in inside]
-    adapter = inject_lora(pl_module, root, names, r=r, alpha=alpha, dropout=dropout, keep_trainable=keep)
+    adapter = inject_lora(
+        pl_module, root, names, r=r, alpha=alpha, dropout=dropout, keep_trainable=keep, seed=seed
+    )
     for _, p in targets.head:
         p.requires_grad_(True)
     return adapter
@@ -163,6 +166,10 @@ class LoRA(Callback):
         groups: Where the layer groups are (see :func:`~tl_lightning._targets.resolve_targets`).
         head: Layer-group names that belong to the head (``"auto"``: the model's declared head).
         log: Log the trainable parameter count and share.
+        seed: Seed of the adapter's random initialisation; ``None``: the run's global seed
+            (``seed_everything`` / ``tl-train seed=``), else 0. The adapter is initialised from its
+            own generator, so every DDP / FSDP process builds the same one and the global random
+            stream is left as it was.
 
     Example:
         >>> import lightning.pytorch as pl
@@ -184,6 +191,7 @@ class LoRA(Callback):
         groups: GroupsSpec = None,
         head: HeadSpec = "auto",
         log: bool = True,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(target_modules, Sequence) and not isinstance(target_modules, str):
@@ -196,6 +204,7 @@ class LoRA(Callback):
         self.groups = groups
         self.head = head
         self.log_stats = bool(log)
+        self.seed = None if seed is None else check_int("seed", seed)
         self.adapter: LoraAdapter | None = None
         self._load_hook = _LoadHook()
 
@@ -233,7 +242,7 @@ class LoRA(Callback):
         if adapter is None:
             adapter = add_lora(
                 pl_module, self.r, self.alpha, self.dropout, self.target_modules,
-                groups=shared_groups(trainer, self, self.groups), head=self.head,
+                groups=shared_groups(trainer, self, self.groups), head=self.head, seed=self.seed,
             )
             trainable, total = trainable_parameters(pl_module)
             rank_zero_info(
