@@ -57,6 +57,14 @@ def m(**fields: Any) -> Measurements:
     [
         ({"pretrained": False}, "scratch", "R0"),
         ({"probe_accuracy": 0.61, "random_probe_accuracy": 0.6}, "scratch", "R1"),
+        ({"probe_accuracy": 0.61, "random_probe_accuracy": 0.6, "random_logme": 1.2}, "scratch", "R1"),
+        # notebook 04 at 32 px: the probe on 60 samples is one sample short, LogME is far ahead: no R1
+        (
+            {"n_train": 480, "min_class_count": 48, "probe_accuracy": 0.733, "random_probe_accuracy": 0.75,
+             "logme": 1.45, "random_logme": -0.05, "shift": 0.5},
+            "top_n",
+            "R4",
+        ),
         ({"probe_accuracy": 0.99}, "feature_extraction", "R2"),
         ({"n_train": 500, "min_class_count": 50, "probe_accuracy": 0.9}, "feature_extraction", "R3"),
         (

@@ -19,8 +19,10 @@ rule  when                       strategy                                       
 ====  =========================  ==================================================  ==================
 R0    no pretrained weights      ``scratch``                                         nothing to transfer
 R1    gain < ``min_gain``        ``scratch``: frozen pretrained features classify    measured override
-                                 no better than random-init ones of the same
-                                 architecture (negative transfer risk)
+      and LogME not above        no better than random-init ones of the same
+      the random-init one        architecture (negative transfer risk); the probe
+                                 alone is noisy on a small validation split, so a
+                                 pretrained LogME above the random one vetoes R1
 R2    kappa >= ``solved_kappa``  ``feature_extraction``: the frozen features         measured override
                                  already solve the task; training more cannot
                                  gain much
@@ -262,14 +264,23 @@ def choose_strategy(measurements: Measurements, thresholds: RuleThresholds | Non
             "the backbone has no pretrained weights (backbone.pretrained=false)",
             ("scratch",),
         )
-    if gain is not None and gain < t.min_gain:
+    # LogME is the second, independent witness: a probe on a few validation samples is noisy, and
+    # LogME (the evidence on every training sample) clearly above the random-init one vetoes R1
+    logme_agrees = m.logme is None or m.random_logme is None or m.logme <= m.random_logme
+    if gain is not None and gain < t.min_gain and logme_agrees:
+        logme_text = (
+            f" and LogME agrees ({m.logme:.3f} vs {m.random_logme:.3f})"
+            if m.logme is not None and m.random_logme is not None
+            else ""
+        )
         return decide(
             "scratch",
             "R1 no-transfer",
             "measured override",
             f"frozen pretrained features classify no better than random-init ones of the same architecture "
-            f"(probe {m.probe_accuracy:.3f} vs {m.random_probe_accuracy:.3f}: gain {gain:.2f} < {t.min_gain:g}); the "
-            "pretraining carries nothing measurable for this task, so pretrained strategies risk negative transfer",
+            f"(probe {m.probe_accuracy:.3f} vs {m.random_probe_accuracy:.3f}: gain {gain:.2f} < {t.min_gain:g}"
+            f"{logme_text}); the pretraining carries nothing measurable for this task, so pretrained strategies "
+            "risk negative transfer",
             ("scratch", "full", "llrd"),
         )
     if kappa is not None and kappa >= t.solved_kappa:
