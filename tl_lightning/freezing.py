@@ -19,6 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tl_lightning.backbones._base import LayerGroup
 
 __all__ = [
+    "eval_mode",
     "set_requires_grad",
     "frozen_norm_modules",
     "set_norm_eval",
@@ -103,3 +104,28 @@ def no_grad_if_frozen(module: nn.Module) -> Iterator[bool]:
             yield True
     else:
         yield False
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Put ``module`` in eval mode inside the block and restore every submodule's own mode after it.
+
+    Module by module, not ``module.train(was_training)``: a model mid-training holds frozen
+    BatchNorm layers in eval mode on purpose, and they must stay so.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+        >>> _ = net[1].eval()  # a frozen BatchNorm inside a model in train mode
+        >>> with eval_mode(net):
+        ...     net.training, net[1].training
+        (False, False)
+        >>> net.training, net[1].training
+        (True, False)
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training

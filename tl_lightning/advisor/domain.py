@@ -26,7 +26,6 @@ probe gain over random-init features alone.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from tl_lightning._checks import check_int
 from tl_lightning.errors import DataError
+from tl_lightning.freezing import eval_mode
 
 __all__ = ["BatchNormShift", "TokenizerFertility", "batchnorm_shift", "gaussian_kl", "tokenizer_fertility"]
 
@@ -77,16 +77,6 @@ def _batchnorms(module: nn.Module) -> list[tuple[str, _BatchNorm]]:
         if isinstance(m, _BatchNorm) and m.track_running_stats and m.running_mean is not None
     ]
 
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Any:
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def batchnorm_shift(
@@ -142,7 +132,7 @@ def batchnorm_shift(
     seen = 0
     fn = forward or backbone
     try:
-        with _eval_mode(backbone), torch.inference_mode():
+        with eval_mode(backbone), torch.inference_mode():
             for batch in batches:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
                 x = move_data_to_device(x, device)

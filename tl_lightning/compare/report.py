@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from tl_lightning._checks import check_choice, check_number
 from tl_lightning.compare._markdown import SEED_NEGATIVE_TRANSFER, pick_sentence, render_markdown
-from tl_lightning.compare._stats import detectable_t, paired_t_test
+from tl_lightning.compare._stats import paired_t_test
 from tl_lightning.compare.runs import RunRecord
 from tl_lightning.errors import ConfigurationError
 

@@ -43,6 +43,7 @@ from tl_lightning.diagnostics._inputs import (
 )
 from tl_lightning.diagnostics.cka import gram, gram_cka
 from tl_lightning.errors import ConfigurationError
+from tl_lightning.freezing import eval_mode
 
 __all__ = ["ForgettingMonitor", "check_supported_strategy"]
 
@@ -221,18 +222,15 @@ class ForgettingMonitor(Callback):
         if self._trainer is not None:
             probe = self._trainer.precision_plugin.convert_input(probe)
         capture = GroupOutputs(self._targets.groups).attach(batch=num_rows(probe))
-        modes = [(m, m.training) for m in pl_module.modules()]
         try:
-            pl_module.eval()
-            with torch.no_grad(), self._forward_context():
+            # every module's mode restored after it: frozen BatchNorm stays in eval mode
+            with eval_mode(pl_module), torch.no_grad(), self._forward_context():
                 if self.forward_fn is not None:
                     self.forward_fn(pl_module, probe)
                 else:
                     pl_module(probe)
         finally:
             capture.detach()
-            for m, training in modes:  # exactly as before: frozen BatchNorm stays in eval mode
-                m.training = training
         return {
             name: {"gram": gram(a).cpu(), "pooled": pooled(a).cpu()} for name, a in capture.outputs.items()
         }

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from tl_lightning._checks import check_number
 from tl_lightning.errors import ConfigurationError, ExportError
+from tl_lightning.freezing import eval_mode
 
 __all__ = [
     "CHECK_TEXTS",
@@ -382,18 +383,3 @@ def quiet_transformers() -> Iterator[None]:
         yield
     finally:
         hf_logging.set_verbosity(level)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put the model in eval mode for the export and restore every submodule's mode afterwards.
-
-    Module by module: a model mid-training may hold frozen parts in eval mode on purpose.
-    """
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training

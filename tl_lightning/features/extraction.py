@@ -24,7 +24,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from tl_lightning.features.key import (
     pooling_of,
     weights_digest,
 )
+from tl_lightning.freezing import eval_mode
 
 __all__ = ["FeatureExtractor", "extract_features", "shard_indices"]
 
@@ -64,16 +65,6 @@ def shard_indices(n: int, rank: int, world_size: int) -> list[int]:
     padded = list(range(n)) + (list(range(n)) * math.ceil(padding / n))[:padding]
     return padded[rank::world_size]
 
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def _features_fn(model: nn.Module) -> tuple[Callable[[Any], Tensor], nn.Module]:
@@ -119,7 +110,7 @@ def extract_features(
     context = forward_context or contextlib.nullcontext
     features: list[np.ndarray] = []
     targets: list[np.ndarray] = []
-    with _eval_mode(backbone), torch.inference_mode():
+    with eval_mode(backbone), torch.inference_mode():
         for batch in loader:
             if not isinstance(batch, (tuple, list)) or len(batch) != 2:
                 raise DataError(f"feature extraction needs (inputs, targets) batches, got {type(batch).__name__}")
