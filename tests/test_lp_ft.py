@@ -72,6 +72,23 @@ def test_lp_ft_phase1_is_the_lbfgs_solution_and_phase2_trains_everything(images:
     assert lp_ft.state_dict()["phase"] == 2 and lp_ft.state_dict()["fitted"]
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_lp_ft_phase2_keeps_the_pretrained_batchnorm_statistics(images: Path, tmp_path: Path, freeze: bool) -> None:
+    """The head was fitted on features normalised with the running statistics: phase 2 keeps them (by default)."""
+    pl.seed_everything(0)
+    dm = _image_dm(images)
+    model = _model(lr=1e-3)
+    dm.set_preprocess(model.backbone.preprocess)
+    bns = {n: m for n, m in model.backbone.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert bns
+    stats = {n: m.running_mean.clone() for n, m in bns.items()}
+    scale = {n: m.weight.detach().clone() for n, m in bns.items()}
+    _trainer(tmp_path, [LPFT(l2_grid=[1e-1], freeze_bn_stats=freeze)], max_epochs=2).fit(model, dm)
+    same_stats = [torch.equal(stats[n], m.running_mean) for n, m in bns.items()]
+    assert all(same_stats) if freeze else not any(same_stats)
+    assert not any(torch.equal(scale[n], m.weight.detach()) for n, m in bns.items()), "their scale still trains"
+
+
 def test_lp_ft_resumes_without_refitting(images: Path, tmp_path: Path) -> None:
     pl.seed_everything(0)
     dm = _image_dm(images, augment=False)

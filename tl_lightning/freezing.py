@@ -20,6 +20,7 @@ from tl_lightning.backbones._base import LayerGroup
 
 __all__ = [
     "eval_mode",
+    "norm_modules_with_stats",
     "set_requires_grad",
     "frozen_norm_modules",
     "set_norm_eval",
@@ -44,6 +45,11 @@ def set_requires_grad(params: Iterable[nn.Parameter], flag: bool) -> int:
 
 def _has_running_stats(m: nn.Module) -> bool:
     return isinstance(m, _NORM_WITH_STATS) and getattr(m, "track_running_stats", False)
+
+
+def norm_modules_with_stats(root: nn.Module) -> list[nn.Module]:
+    """Every norm layer under ``root`` that keeps running statistics (BatchNorm, tracked InstanceNorm)."""
+    return [m for m in root.modules() if _has_running_stats(m)]
 
 
 def frozen_norm_modules(root: nn.Module, groups: Sequence[LayerGroup]) -> list[nn.Module]:
