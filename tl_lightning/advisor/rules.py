@@ -30,6 +30,12 @@ R3    small, similar             ``feature_extraction``                         
 R3b   small, similar, kappa <    ``lp_ft``: the frozen features leave much of the    measured override
       ``headroom_kappa``, model  task unsolved; LP-FT starts from the probe's
       not large for the data     head and adapts every layer at a small LR
+R4b   small, different, kappa    ``lp_ft`` (``feature_extraction`` when the model   measured override
+      >= ``headroom_kappa``      is large for the data): the seed's row 2 assumes
+                                 the top-level features do not transfer, but the
+                                 probe measured that they do (EfficientNet-Lite0 on
+                                 800 digits: feature extraction and LP-FT 0.907,
+                                 top_n 0.867, BENCHMARKS.md)
 R4    small, different           ``top_n``: the lower layers stay frozen (generic    seed row 2
                                  features), the top groups are re-learned: the
                                  closest option to "features from lower layers"
@@ -293,6 +299,26 @@ def choose_strategy(measurements: Measurements, thresholds: RuleThresholds | Non
             ("feature_extraction", "lp_ft", "top_n"),
         )
     if size == "small":
+        if not similar and kappa is not None and kappa >= t.headroom_kappa:
+            # the seed's row 2 assumes the top-level features do not transfer to a different domain;
+            # here they were measured to solve most of the task already
+            strategy = "feature_extraction" if large_model else "lp_ft"
+            return decide(
+                strategy,
+                "R4b small-different-probe-transfers",
+                "measured override",
+                f"{size_text}, different domain, where the seed says features from lower layers; but the frozen "
+                f"top-level features already solve {kappa:.2f} of the task (kappa >= {t.headroom_kappa:g}), so they do "
+                "transfer: "
+                + (
+                    f"the backbone is large for the data ({m.params_per_example:,.0f} params per example >= "
+                    f"{t.large_model:,.0f}), so train the head on them"
+                    if large_model
+                    else "LP-FT keeps the probe's head (and the pretrained BatchNorm statistics) and adapts every layer "
+                    "at a small LR"
+                ),
+                (strategy, "feature_extraction", "top_n", "lp_ft"),
+            )
         if not similar:
             return decide(
                 "top_n",
