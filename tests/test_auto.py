@@ -10,10 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
+from test_train_app import compose_run
 from torch import nn
 
 from tl_lightning.advisor import (
@@ -26,7 +25,6 @@ from tl_lightning.advisor import (
 )
 from tl_lightning.advisor.domain import gaussian_kl
 from tl_lightning.cli import config_dir
-from tl_lightning.cli._config import prepare_omegaconf
 from tl_lightning.errors import ConfigurationError, DataError, UnknownNameError
 
 CONF = config_dir()
@@ -278,19 +276,6 @@ def pretrained_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "test_resnet.pth"
     torch.save(timm.create_model("test_resnet", num_classes=5).state_dict(), path)
     return path
-
-
-def compose_run(overrides: list[str], output_dir: Path) -> DictConfig:
-    prepare_omegaconf()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.extras.print_config = False
-        del cfg.hydra
-    return cfg
 
 
 def auto_overrides(image_root: Path, weights: Path, *extra: str) -> list[str]:
