@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tl_lightning.errors import ConfigurationError, DataError, UnknownNameError, did_you_mean
+from tl_lightning.errors import ConfigurationError, UnknownNameError, did_you_mean
 
 __all__ = ["Candidate", "CandidateRun", "candidate_features", "parse_candidates", "source_classifier"]
 
@@ -290,12 +290,7 @@ def candidate_features(
     built = time.perf_counter() - t0
 
     extractor = FeatureExtractor(model, cache_dir=cache_dir, batch_size=batch_size, trainer=trainer)
-    train = extractor.split(datamodule, "train")
-    try:
-        has_val = len(datamodule.feature_dataset("val")) > 0
-    except DataError:
-        has_val = False
-    val = extractor.split(datamodule, "val") if has_val else None
+    train, val = extractor.train_and_val(datamodule)
     bs = int(batch_size or datamodule.batch_size)
     if train.reused:
         plugin = trainer.precision_plugin if trainer is not None else None

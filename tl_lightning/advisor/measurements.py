@@ -40,7 +40,7 @@ from torch import nn
 
 from tl_lightning._checks import check_int
 from tl_lightning.advisor.domain import batchnorm_shift, tokenizer_fertility
-from tl_lightning.errors import ConfigurationError, DataError
+from tl_lightning.errors import ConfigurationError
 
 __all__ = ["Measurements", "measure", "prepare_for_extraction"]
 
@@ -158,13 +158,7 @@ def _features(
 ) -> tuple[Any, Any]:
     from tl_lightning.features import FeatureExtractor
 
-    extractor = FeatureExtractor(model, cache_dir=cache_dir, batch_size=batch_size, trainer=trainer)
-    train = extractor.split(datamodule, "train")
-    try:
-        has_val = len(datamodule.feature_dataset("val")) > 0
-    except DataError:
-        has_val = False
-    return train, extractor.split(datamodule, "val") if has_val else None
+    return FeatureExtractor(model, cache_dir=cache_dir, batch_size=batch_size, trainer=trainer).train_and_val(datamodule)
 
 
 def _probe(train: Any, val: Any, seed: int) -> tuple[float, float, int]:

@@ -220,6 +220,15 @@ class FeatureExtractor:
         return full
 
     # -- the split --------------------------------------------------------------------------
+    def train_and_val(self, datamodule: Any) -> tuple[CachedSplit, CachedSplit | None]:
+        """The training split's features, and the validation split's when the data module has one (else ``None``)."""
+        train = self.split(datamodule, "train")
+        try:
+            has_val = len(datamodule.feature_dataset("val")) > 0
+        except DataError:  # no val split (val_fraction=0)
+            has_val = False
+        return train, self.split(datamodule, "val") if has_val else None
+
     def split(self, datamodule: Any, split: str) -> CachedSplit:
         """``split``'s features: read from the cache, or computed (sharded across ranks) and stored.
 

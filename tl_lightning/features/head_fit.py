@@ -34,7 +34,7 @@ from torch import nn
 from typing_extensions import override
 
 from tl_lightning._checks import check_choice, check_int
-from tl_lightning.errors import ConfigurationError, DataError
+from tl_lightning.errors import ConfigurationError
 from tl_lightning.features.cache import DEFAULT_MEMMAP_BYTES, CachedSplit
 from tl_lightning.features.datamodule import CachedFeatureDataModule
 from tl_lightning.features.extraction import FeatureExtractor
@@ -139,12 +139,8 @@ class LinearHeadFit(Callback):
             pl_module, cache_dir=self.cache_dir, memmap_bytes=self.memmap_bytes, batch_size=self.batch_size,
             trainer=trainer,
         )
-        train = extractor.split(dm, "train")
-        try:
-            has_val = len(dm.feature_dataset("val")) > 0
-        except DataError:  # no val split (val_fraction=0): part of the training split is held out
-            has_val = False
-        return train, extractor.split(dm, "val") if has_val else None
+        # no val split (val_fraction=0): part of the training split is held out
+        return extractor.train_and_val(dm)
 
     # -- the fit ----------------------------------------------------------------------------
     def fit_head(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> LogisticFit:
